@@ -1,0 +1,49 @@
+# Scheduled Payment Service — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# The test suite runs against the real PostgreSQL and RabbitMQ.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/spay
+TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
+PYTEST_ARGS ?=
+
+.PHONY: help venv run migrate test lint format services-check fuzz bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP) ## create the virtualenv and install pinned dependencies
+
+migrate: $(STAMP) ## apply database migrations
+	$(BIN)/python manage.py migrate --noinput
+
+run: $(STAMP) migrate ## start web, worker, beat and the sandbox gateway (embedded default unless URLs are set)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start web worker beat gateway
+
+services-check: $(STAMP) ## fail loudly unless PostgreSQL and RabbitMQ answer
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/python -m config.check_services
+
+test: $(STAMP) services-check ## the whole suite against the real PostgreSQL and RabbitMQ
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff, mypy and the migrations check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove the embedded database, broker folder and caches
+	rm -rf var .mypy_cache .ruff_cache .pytest_cache
