@@ -33,7 +33,8 @@ Trade-offs, chosen on purpose:
   letters, two check digits, 11-30 letters/digits, ISO 13616 mod-97 == 1; compact
   or in groups of four; any case) is ignored, so ``DE89370400440532013000`` and
   ``GB82 WEST 1234 5698 7654 32`` pass. A card number cannot hide inside one by
-  accident (it would have to satisfy mod-97 too).
+  accident (it would have to satisfy mod-97 too). Likewise a canonical UUID
+  (8-4-4-4-12 hex digits) is ignored: it is an identifier by its shape.
 * Only ASCII digits, spaces and ``-`` count (as the contract says); ``4111.1111...``
   or full-width digits are not recognised.
 
@@ -76,6 +77,12 @@ _SEPARATORS = str.maketrans("", "", " -")
 # following short word ("... 7034 from"): _iban_spans() retries shorter prefixes.
 _IBAN_COMPACT = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}[A-Za-z0-9]{11,30}(?![A-Za-z0-9])")
 _IBAN_GROUPED = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: [A-Za-z0-9]{4}){2,7}(?: [A-Za-z0-9]{1,3})?")
+
+# A canonical UUID (8-4-4-4-12 hex) is an identifier, never a card: its all-digit
+# groups would otherwise pass Luhn for ~0.3 % of random UUIDs (order ids in metadata).
+_UUID = re.compile(
+    r"(?<![A-Za-z0-9-])[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![A-Za-z0-9-])"
+)
 
 _DIGIT_VALUE = bytes.maketrans(b"0123456789", bytes(range(10)))
 # Luhn doubling: 2*d, minus 9 when that has two digits.
@@ -148,8 +155,8 @@ def _candidates(run: str, luhn: _Luhn) -> Iterator[tuple[int, int]]:
 
 
 def _iban_spans(text: str) -> tuple[list[int], list[int]]:
-    """Valid IBANs (mod-97), compact or in groups of four, as sorted disjoint spans (starts, ends)."""
-    spans: list[tuple[int, int]] = []
+    """Valid IBANs (mod-97), compact or in groups of four, and canonical UUIDs, as sorted disjoint spans."""
+    spans: list[tuple[int, int]] = [match.span() for match in _UUID.finditer(text)]
     for match in _IBAN_COMPACT.finditer(text):
         if _iban_valid(match.group()):
             spans.append(match.span())

@@ -494,3 +494,15 @@ def test_it_masks_structlog_events_rendered_through_processor_formatter() -> Non
     assert "****-****-****-4444" in output
     assert "ValueError: bad card ***********0005" in output
     assert "foreign **** **** **** 1117" in output
+
+
+def test_it_accepts_uuids_whose_digit_groups_pass_luhn() -> None:
+    # Given a UUID whose first three groups are all digits and form a Luhn-valid 16-digit run
+    run = "1234567812345670"
+    assert contains_card_number(run)
+    uuid_text = f"{run[:8]}-{run[8:12]}-{run[12:16]}-0000-abcdefabcdef"
+    # When it is scanned, then it is an identifier, not a card
+    assert not contains_card_number(uuid_text)
+    assert not contains_card_number(f"order {uuid_text} paid")
+    # But a card number next to it is still found
+    assert contains_card_number(f"{uuid_text} 4111 1111 1111 1111")
