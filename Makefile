@@ -24,6 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 venv: $(STAMP) ## create the virtualenv and install pinned dependencies
 
 migrate: $(STAMP) ## apply database migrations
+	mkdir -p var/static
 	$(BIN)/python manage.py migrate --noinput
 
 run: $(STAMP) migrate ## start web, worker, beat and the sandbox gateway (embedded default unless URLs are set)

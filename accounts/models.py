@@ -9,7 +9,7 @@ from django.utils import timezone
 
 # A token is "spt_" plus 256 bits of randomness; only its SHA-256 is stored.
 # A fast hash is enough here: the secret has full entropy, unlike a password.
-TOKEN_PREFIX = "spt_"
+TOKEN_PREFIX = "spt_"  # noqa: S105 (a public prefix, not a secret)
 
 
 def hash_token(raw_token: str) -> str:
@@ -23,7 +23,9 @@ class User(AbstractUser):
 class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
     def usable(self) -> ApiTokenQuerySet:
         now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
 
 
 class ApiToken(models.Model):

@@ -15,7 +15,11 @@ def main() -> int:
     db = environ.Env.db_url_config(os.environ["DATABASE_URL"])
     try:
         psycopg.connect(
-            host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname="postgres", connect_timeout=5
+            host=db["HOST"] or "127.0.0.1",
+            port=db["PORT"] or 5432,
+            user=db["USER"],
+            dbname="postgres",
+            connect_timeout=5,
         ).close()
     except Exception as exc:
         failures.append(f"PostgreSQL at {db['HOST']}:{db['PORT']} does not answer: {exc}")

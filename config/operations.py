@@ -44,7 +44,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _database_ok(), "broker": _broker_ok()}
     ready = all(checks.values())
     return JsonResponse(
-        {"status": "ready" if ready else "not_ready", "checks": {k: "ok" if v else "failing" for k, v in checks.items()}},
+        {
+            "status": "ready" if ready else "not_ready",
+            "checks": {k: "ok" if v else "failing" for k, v in checks.items()},
+        },
         status=200 if ready else 503,
     )
 

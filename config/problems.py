@@ -7,6 +7,7 @@ own 404/500 handlers all end here, so clients always see the same shape.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.http import Http404, HttpRequest, JsonResponse
@@ -79,7 +80,9 @@ def _validation_problem(exc: exceptions.ValidationError) -> ProblemError:
     code = ErrorCode.VALIDATION_ERROR
     if errors and all(e.code == errors[0].code for e in errors) and errors[0].code in ErrorCode._value2member_map_:
         code = ErrorCode(errors[0].code)
-    return ProblemError(code=code, status=422, detail=errors[0].message if errors else "Invalid request.", errors=errors)
+    return ProblemError(
+        code=code, status=422, detail=errors[0].message if errors else "Invalid request.", errors=errors
+    )
 
 
 def problem_from_exception(exc: Exception) -> ProblemError | None:
@@ -107,7 +110,8 @@ def problem_from_exception(exc: Exception) -> ProblemError | None:
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return ProblemError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, 415, "Send the body as application/json.")
     if isinstance(exc, exceptions.Throttled):
-        wait = max(1, int(exc.wait or 1))
+        # Round up: a client told 0 would retry at once and be throttled again.
+        wait = max(1, math.ceil(getattr(exc, "wait", None) or 1))
         return ProblemError(
             ErrorCode.RATE_LIMITED,
             429,

@@ -9,16 +9,23 @@ in the same transaction.
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
-from collections.abc import Collection, Mapping
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import Payment, PaymentEvent
-from .statuses import is_allowed
+from .statuses import Status, is_allowed
+
+logger = logging.getLogger(__name__)
 
 
 class TransitionRejected(Exception):
@@ -117,3 +124,600 @@ def record_creation(payment: Payment, *, actor: str) -> PaymentEvent:
         actor=actor,
         attempt=0,
     )
+
+
+# --- Batch transitions for the execution engine ---------------------------------
+#
+# The engine moves payments in batches for throughput, but every row is still
+# guarded on its own: a row moves only if *its* status (and, for outcomes, *its*
+# attempt number, the fencing token) is the expected one, under *its* row lock,
+# and gets *its* own event row in the same transaction. On PostgreSQL each batch
+# is one statement (``UPDATE … RETURNING`` with the events inserted by a
+# data-modifying CTE); elsewhere (the embedded SQLite default) each payment takes
+# the canonical path above, one short transaction at a time. ``_batch_backend()``
+# is the one place that branches on the database vendor.
+
+SWEEP_LOCK_KEY = 0x5041_594D_5357_4550  # "PAYMSWEP": the sweep's advisory-lock key (database-local)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A payment the sweep has claimed, and the instant its execution is due."""
+
+    payment_id: uuid.UUID
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class SubmissionStart:
+    """What ``begin_submissions`` did: the payments now ``submitting`` and those delivered early."""
+
+    submitting: list[Payment]
+    # Not due yet by the database clock (an early delivery): (payment id, seconds until due).
+    not_yet_due: list[tuple[uuid.UUID, float]]
+
+
+@dataclass(frozen=True)
+class OutcomeWrite:
+    """One attempt's outcome, to be written only if the payment is still at that attempt."""
+
+    payment_id: uuid.UUID
+    attempt: int
+    to_status: str
+    reason: str
+    gateway_reference: str = ""
+    failure_code: str = ""
+    failure_message: str = ""
+    # For retry_scheduled / reconciling: when the next try is due, from now.
+    next_attempt_in: timedelta | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _check_allowed(from_status: str, to_status: str) -> None:
+    if not is_allowed(from_status, to_status):
+        raise ValueError(f"{from_status} → {to_status} is not an allowed transition")
+
+
+def _outcome_changes(write: OutcomeWrite, now: datetime) -> dict[str, Any]:
+    changes: dict[str, Any] = {
+        "lease_expires_at": None,
+        "next_attempt_at": now + write.next_attempt_in if write.next_attempt_in is not None else None,
+        "failure_code": write.failure_code,
+        "failure_message": write.failure_message[:255],
+    }
+    if write.gateway_reference:
+        changes["gateway_reference"] = write.gateway_reference
+    if write.to_status == Status.SUCCEEDED:
+        changes["executed_at"] = now
+    return changes
+
+
+class _PortableBatch:
+    """Any database: one short transaction per payment through ``apply_transition``.
+
+    Used for the embedded SQLite default, where writers are serialised anyway
+    (``transaction_mode=IMMEDIATE``), so there is no ``SKIP LOCKED`` to miss.
+    """
+
+    def now(self) -> datetime:
+        return timezone.now()
+
+    @contextmanager
+    def sweep_leader_lock(self) -> Iterator[bool]:
+        # SQLite has one writer at a time; two sweeps interleave harmlessly (every claim is guarded).
+        yield True
+
+    def _move(
+        self,
+        ids: Iterable[uuid.UUID],
+        *,
+        to: str,
+        actor: str,
+        reason: str,
+        expected_from: Collection[str],
+        changes: Callable[[Payment, datetime], Mapping[str, Any]],
+        when: Callable[[Payment, datetime], bool] = lambda p, now: True,
+    ) -> list[Payment]:
+        moved = []
+        for payment_id in ids:
+            with transaction.atomic():
+                now = timezone.now()
+                try:
+                    payment = lock_payment(payment_id)
+                except Payment.DoesNotExist:
+                    continue
+                if payment.status not in expected_from or not when(payment, now):
+                    continue
+                apply_transition(
+                    payment,
+                    to=to,
+                    actor=actor,
+                    reason=reason,
+                    expected_from=expected_from,
+                    changes=changes(payment, now),
+                    now=now,
+                )
+                moved.append(payment)
+        return moved
+
+    def claim_due(self, *, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+        ids = list(
+            Payment.objects.filter(status=Status.SCHEDULED, scheduled_for__lte=timezone.now() + lookahead)
+            .order_by("scheduled_for")
+            .values_list("pk", flat=True)[:limit]
+        )
+        moved = self._move(
+            ids,
+            to=Status.DISPATCHED,
+            actor=actor,
+            reason="due",
+            expected_from={Status.SCHEDULED},
+            changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
+        )
+        return [Claim(p.pk, p.scheduled_for) for p in moved]
+
+    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+        ids = list(
+            Payment.objects.filter(status=Status.DISPATCHED, lease_expires_at__lte=timezone.now())
+            .order_by("lease_expires_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        moved = self._move(
+            ids,
+            to=Status.DISPATCHED,
+            actor=actor,
+            reason="lease_expired",
+            expected_from={Status.DISPATCHED},
+            changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
+            when=lambda p, now: p.lease_expires_at is not None and p.lease_expires_at <= now,
+        )
+        return [Claim(p.pk, p.scheduled_for) for p in moved]
+
+    def expire_submissions(self, *, limit: int, actor: str) -> list[uuid.UUID]:
+        ids = list(
+            Payment.objects.filter(status=Status.SUBMITTING, lease_expires_at__lte=timezone.now())
+            .order_by("lease_expires_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        moved = self._move(
+            ids,
+            to=Status.RECONCILING,
+            actor=actor,
+            reason="lease_expired",
+            expected_from={Status.SUBMITTING},
+            changes=lambda p, now: {"lease_expires_at": None, "next_attempt_at": now},
+            when=lambda p, now: p.lease_expires_at is not None and p.lease_expires_at <= now,
+        )
+        return [p.pk for p in moved]
+
+    def claim_waiting(self, *, status: str, lease: timedelta, limit: int) -> list[Claim]:
+        now = timezone.now()
+        ids = list(
+            Payment.objects.filter(status=status, next_attempt_at__lte=now)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        claims = []
+        for payment_id in ids:
+            with transaction.atomic():
+                now = timezone.now()
+                updated = (
+                    Payment.objects.filter(pk=payment_id, status=status, next_attempt_at__lte=now)
+                    .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+                    .update(lease_expires_at=now + lease, updated_at=now)
+                )
+                if updated:
+                    claims.append(Claim(payment_id, now))
+        return claims
+
+    def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
+        now = timezone.now()
+        return Payment.objects.filter(pk__in=ids, status=Status.DISPATCHED).update(lease_expires_at=now)
+
+    def begin_submissions(self, ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
+        submitting: list[Payment] = []
+        not_yet_due: list[tuple[uuid.UUID, float]] = []
+        for payment_id in sorted(ids):
+            with transaction.atomic():
+                now = timezone.now()
+                try:
+                    payment = lock_payment(payment_id)
+                except Payment.DoesNotExist:
+                    continue
+                if payment.status == Status.DISPATCHED:
+                    due_at = payment.scheduled_for
+                elif payment.status == Status.RETRY_SCHEDULED and payment.next_attempt_at is not None:
+                    due_at = payment.next_attempt_at
+                else:
+                    continue  # canceled, or already moved on by another delivery: nothing to do
+                if due_at > now:
+                    not_yet_due.append((payment.pk, (due_at - now).total_seconds()))
+                    continue
+                reason = "due" if payment.status == Status.DISPATCHED else "retry"
+                apply_transition(
+                    payment,
+                    to=Status.SUBMITTING,
+                    actor=actor,
+                    reason=reason,
+                    expected_from={Status.DISPATCHED, Status.RETRY_SCHEDULED},
+                    changes={
+                        "attempts": payment.attempts + 1,
+                        "lease_expires_at": now + lease,
+                        "next_attempt_at": None,
+                    },
+                    now=now,
+                )
+                submitting.append(payment)
+        return SubmissionStart(submitting, not_yet_due)
+
+    def record_outcomes(self, writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
+        applied = []
+        for write in sorted(writes, key=lambda w: w.payment_id):
+            with transaction.atomic():
+                now = timezone.now()
+                try:
+                    payment = lock_payment(write.payment_id)
+                    apply_transition(
+                        payment,
+                        to=write.to_status,
+                        actor=actor,
+                        reason=write.reason,
+                        expected_from={from_status},
+                        expected_attempt=write.attempt,
+                        changes=_outcome_changes(write, now),
+                        data=write.data,
+                        now=now,
+                    )
+                except (Payment.DoesNotExist, TransitionRejected):
+                    continue
+                applied.append(write.payment_id)
+        return applied
+
+    def postpone(self, items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
+        now = timezone.now()
+        count = 0
+        for payment_id, attempt in items:
+            count += Payment.objects.filter(pk=payment_id, status=status, attempts=attempt).update(
+                lease_expires_at=None, next_attempt_at=now + delay, updated_at=now
+            )
+        return count
+
+
+# The SQL below names the tables literally (tests check them against the models' db_table).
+
+
+class _PostgresBatch:
+    """PostgreSQL: one statement per batch, ``FOR UPDATE SKIP LOCKED`` claims, the database clock.
+
+    The clock is ``statement_timestamp()``: the database's, never a worker's, and one
+    instant for the whole statement (``now()`` would be the start of an enclosing
+    transaction, which can be much older).
+    """
+
+    def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+
+    def now(self) -> datetime:
+        rows = self._fetch("SELECT statement_timestamp()", {})
+        value: datetime = rows[0][0]
+        return value
+
+    @contextmanager
+    def sweep_leader_lock(self) -> Iterator[bool]:
+        # Session-level, so it spans the sweep's several short transactions; it dies with the
+        # connection if the process does. Advisory locks are per database, so test databases
+        # and other environments on the same server never see each other's.
+        acquired = bool(self._fetch("SELECT pg_try_advisory_lock(%(key)s)", {"key": SWEEP_LOCK_KEY})[0][0])
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    self._fetch("SELECT pg_advisory_unlock(%(key)s)", {"key": SWEEP_LOCK_KEY})
+                except DatabaseError:
+                    # The connection is gone, and the lock with it.
+                    logger.warning("sweep: could not release the advisory lock", exc_info=True)
+
+    # The sweep's hot query: the partial index payment_due_sweep_idx gives the due edge in
+    # due order; rows another sweep holds are skipped, never waited for.
+    CLAIM_DUE_SQL = """
+        WITH due AS MATERIALIZED (
+            SELECT id FROM payments_payment
+            WHERE status = 'scheduled' AND scheduled_for <= statement_timestamp() + %(lookahead)s
+            ORDER BY scheduled_for
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ), moved AS (
+            UPDATE payments_payment AS p
+            SET status = 'dispatched', updated_at = statement_timestamp(),
+                lease_expires_at = GREATEST(p.scheduled_for, statement_timestamp()) + %(lease)s
+            FROM due WHERE p.id = due.id AND p.status = 'scheduled'
+            RETURNING p.id, p.scheduled_for, p.attempts
+        ), events AS (
+            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
+            SELECT id, statement_timestamp(), 'scheduled', 'dispatched', 'due', %(actor)s, attempts, '{}'::jsonb
+            FROM moved
+        )
+        SELECT id, scheduled_for FROM moved ORDER BY scheduled_for
+    """
+
+    def claim_due(self, *, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+        _check_allowed(Status.SCHEDULED, Status.DISPATCHED)
+        with transaction.atomic():
+            rows = self._fetch(
+                self.CLAIM_DUE_SQL, {"lookahead": lookahead, "limit": limit, "lease": lease, "actor": actor}
+            )
+        return [Claim(row[0], row[1]) for row in rows]
+
+    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+        _check_allowed(Status.DISPATCHED, Status.DISPATCHED)
+        sql = """
+            WITH expired AS MATERIALIZED (
+                SELECT id FROM payments_payment
+                WHERE status = 'dispatched' AND lease_expires_at <= statement_timestamp()
+                ORDER BY lease_expires_at LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            ), moved AS (
+                UPDATE payments_payment AS p
+                SET updated_at = statement_timestamp(),
+                    lease_expires_at = GREATEST(p.scheduled_for, statement_timestamp()) + %(lease)s
+                FROM expired WHERE p.id = expired.id AND p.status = 'dispatched'
+                RETURNING p.id, p.scheduled_for, p.attempts
+            ), events AS (
+                INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
+                SELECT id, statement_timestamp(), 'dispatched', 'dispatched', 'lease_expired', %(actor)s, attempts,
+                       '{}'::jsonb
+                FROM moved
+            )
+            SELECT id, scheduled_for FROM moved ORDER BY scheduled_for
+        """
+        with transaction.atomic():
+            rows = self._fetch(sql, {"lease": lease, "limit": limit, "actor": actor})
+        return [Claim(row[0], row[1]) for row in rows]
+
+    def expire_submissions(self, *, limit: int, actor: str) -> list[uuid.UUID]:
+        _check_allowed(Status.SUBMITTING, Status.RECONCILING)
+        sql = """
+            WITH expired AS MATERIALIZED (
+                SELECT id FROM payments_payment
+                WHERE status = 'submitting' AND lease_expires_at <= statement_timestamp()
+                ORDER BY lease_expires_at LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            ), moved AS (
+                UPDATE payments_payment AS p
+                SET status = 'reconciling', updated_at = statement_timestamp(), lease_expires_at = NULL,
+                    next_attempt_at = statement_timestamp()
+                FROM expired WHERE p.id = expired.id AND p.status = 'submitting'
+                RETURNING p.id, p.attempts
+            ), events AS (
+                INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
+                SELECT id, statement_timestamp(), 'submitting', 'reconciling', 'lease_expired', %(actor)s, attempts,
+                       '{}'::jsonb
+                FROM moved
+            )
+            SELECT id FROM moved
+        """
+        with transaction.atomic():
+            rows = self._fetch(sql, {"limit": limit, "actor": actor})
+        return [row[0] for row in rows]
+
+    def claim_waiting(self, *, status: str, lease: timedelta, limit: int) -> list[Claim]:
+        sql = """
+            WITH waiting AS MATERIALIZED (
+                SELECT id FROM payments_payment
+                WHERE status = %(status)s AND next_attempt_at <= statement_timestamp()
+                  AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
+                ORDER BY next_attempt_at LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE payments_payment AS p
+            SET lease_expires_at = statement_timestamp() + %(lease)s, updated_at = statement_timestamp()
+            FROM waiting WHERE p.id = waiting.id AND p.status = %(status)s
+            RETURNING p.id, p.next_attempt_at
+        """
+        with transaction.atomic():
+            rows = self._fetch(sql, {"status": status, "lease": lease, "limit": limit})
+        return [Claim(row[0], row[1]) for row in rows]
+
+    def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE payments_payment SET lease_expires_at = statement_timestamp()"
+                " WHERE id = ANY(%(ids)s) AND status = 'dispatched'",
+                {"ids": list(ids)},
+            )
+            return int(cursor.rowcount)
+
+    BEGIN_SQL = """
+        WITH ready AS MATERIALIZED (
+            SELECT id, status FROM payments_payment
+            WHERE id = ANY(%(ids)s)
+              AND ((status = 'dispatched' AND scheduled_for <= statement_timestamp())
+                   OR (status = 'retry_scheduled' AND next_attempt_at <= statement_timestamp()))
+            ORDER BY id
+            FOR UPDATE
+        ), moved AS (
+            UPDATE payments_payment AS p
+            SET status = 'submitting', attempts = p.attempts + 1, updated_at = statement_timestamp(),
+                lease_expires_at = statement_timestamp() + %(lease)s, next_attempt_at = NULL
+            FROM ready WHERE p.id = ready.id AND p.status = ready.status
+            RETURNING p.id, p.attempts, ready.status AS from_status
+        ), events AS (
+            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
+            SELECT id, statement_timestamp(), from_status, 'submitting',
+                   CASE from_status WHEN 'dispatched' THEN 'due' ELSE 'retry' END,
+                   %(actor)s, attempts, '{}'::jsonb
+            FROM moved
+        )
+        SELECT id, attempts FROM moved
+    """
+
+    def begin_submissions(self, ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
+        _check_allowed(Status.DISPATCHED, Status.SUBMITTING)
+        _check_allowed(Status.RETRY_SCHEDULED, Status.SUBMITTING)
+        with transaction.atomic():
+            rows = self._fetch(self.BEGIN_SQL, {"ids": list(ids), "lease": lease, "actor": actor})
+            moved = {row[0]: row[1] for row in rows}
+            # One more round trip for the fields a charge needs, through the ORM so that
+            # sensitive fields are read the way their field classes decode them.
+            submitting = list(
+                Payment.objects.filter(pk__in=list(moved)).only(
+                    "id", "attempts", "amount_minor", "currency", "payment_method", "status"
+                )
+            )
+        not_yet_due: list[tuple[uuid.UUID, float]] = []
+        rest = [pid for pid in ids if pid not in moved]
+        if rest:
+            early = self._fetch(
+                """
+                SELECT id, EXTRACT(EPOCH FROM (CASE status WHEN 'dispatched' THEN scheduled_for
+                                                            ELSE next_attempt_at END) - statement_timestamp())
+                FROM payments_payment
+                WHERE id = ANY(%(ids)s)
+                  AND ((status = 'dispatched' AND scheduled_for > statement_timestamp())
+                       OR (status = 'retry_scheduled' AND next_attempt_at > statement_timestamp()))
+                """,
+                {"ids": rest},
+            )
+            not_yet_due = [(row[0], float(row[1])) for row in early]
+        return SubmissionStart(submitting, not_yet_due)
+
+    def record_outcomes(self, writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
+        if not writes:
+            return []
+        for write in writes:
+            _check_allowed(from_status, write.to_status)
+        sql = """
+            WITH v AS MATERIALIZED (
+                SELECT * FROM unnest(
+                    %(ids)s::uuid[], %(attempts)s::int[], %(to)s::text[], %(reasons)s::text[],
+                    %(refs)s::text[], %(codes)s::text[], %(messages)s::text[], %(delays)s::float8[],
+                    %(data)s::text[]
+                ) AS v(id, attempt, to_status, reason, ref, code, message, delay, data)
+            ), locked AS MATERIALIZED (
+                SELECT p.id FROM payments_payment AS p JOIN v ON v.id = p.id
+                WHERE p.status = %(from)s AND p.attempts = v.attempt
+                ORDER BY p.id
+                FOR UPDATE OF p
+            ), moved AS (
+                UPDATE payments_payment AS p
+                SET status = v.to_status, updated_at = statement_timestamp(), lease_expires_at = NULL,
+                    next_attempt_at = CASE WHEN v.delay IS NULL THEN NULL
+                                           ELSE statement_timestamp() + v.delay * interval '1 second' END,
+                    executed_at = CASE WHEN v.to_status = 'succeeded' THEN statement_timestamp() ELSE p.executed_at END,
+                    gateway_reference = CASE WHEN v.ref <> '' THEN v.ref ELSE p.gateway_reference END,
+                    failure_code = v.code, failure_message = v.message
+                FROM v JOIN locked ON locked.id = v.id
+                WHERE p.id = v.id AND p.status = %(from)s AND p.attempts = v.attempt
+                RETURNING p.id, p.attempts, v.to_status, v.reason, v.data
+            ), events AS (
+                INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
+                SELECT id, statement_timestamp(), %(from)s, to_status, reason, %(actor)s, attempts, data::jsonb
+                FROM moved
+            )
+            SELECT id FROM moved
+        """
+        params: dict[str, Any] = {
+            "ids": [w.payment_id for w in writes],
+            "attempts": [w.attempt for w in writes],
+            "to": [w.to_status for w in writes],
+            "reasons": [w.reason for w in writes],
+            "refs": [w.gateway_reference for w in writes],
+            "codes": [w.failure_code for w in writes],
+            "messages": [w.failure_message[:255] for w in writes],
+            "delays": [w.next_attempt_in.total_seconds() if w.next_attempt_in is not None else None for w in writes],
+            "data": [json.dumps(dict(w.data)) for w in writes],
+            "from": from_status,
+            "actor": actor,
+        }
+        with transaction.atomic():
+            rows = self._fetch(sql, params)
+        return [row[0] for row in rows]
+
+    def postpone(self, items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
+        if not items:
+            return 0
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE payments_payment AS p
+                SET lease_expires_at = NULL, next_attempt_at = statement_timestamp() + %(delay)s * interval '1 second',
+                    updated_at = statement_timestamp()
+                FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS v(id, attempt)
+                WHERE p.id = v.id AND p.attempts = v.attempt AND p.status = %(status)s
+                """,
+                {
+                    "ids": [item[0] for item in items],
+                    "attempts": [item[1] for item in items],
+                    "status": status,
+                    "delay": delay.total_seconds(),
+                },
+            )
+            return int(cursor.rowcount)
+
+
+_Backend = _PortableBatch | _PostgresBatch
+
+
+def _batch_backend() -> _Backend:
+    """The one place that branches on the database vendor."""
+    return _PostgresBatch() if connection.vendor == "postgresql" else _PortableBatch()
+
+
+def database_now() -> datetime:
+    """The database's clock; the engine never trusts a worker's clock for due-ness."""
+    return _batch_backend().now()
+
+
+def sweep_leader_lock() -> AbstractContextManager[bool]:
+    """Yields True for the one sweep that may work now, False for every other (PostgreSQL advisory lock)."""
+    return _batch_backend().sweep_leader_lock()
+
+
+def claim_due_payments(*, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+    """scheduled → dispatched for up to ``limit`` payments due within ``lookahead``, in due order."""
+    return _batch_backend().claim_due(lookahead=lookahead, lease=lease, limit=limit, actor=actor)
+
+
+def redispatch_expired_payments(*, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+    """dispatched → dispatched (reason ``lease_expired``) for claims whose message was lost."""
+    return _batch_backend().redispatch_expired(lease=lease, limit=limit, actor=actor)
+
+
+def expire_submissions(*, limit: int, actor: str) -> list[uuid.UUID]:
+    """submitting → reconciling for attempts whose lease expired: their outcome is unknown."""
+    return _batch_backend().expire_submissions(limit=limit, actor=actor)
+
+
+def claim_waiting_payments(*, status: str, lease: timedelta, limit: int) -> list[Claim]:
+    """Lease ``retry_scheduled`` / ``reconciling`` payments whose next try is due (no status change)."""
+    if status not in (Status.RETRY_SCHEDULED, Status.RECONCILING):
+        raise ValueError(f"{status} payments do not wait for a next attempt")
+    return _batch_backend().claim_waiting(status=status, lease=lease, limit=limit)
+
+
+def release_dispatch_leases(payment_ids: Sequence[uuid.UUID]) -> int:
+    """Expire the dispatch leases of claims whose execution task could not be published."""
+    return _batch_backend().release_dispatch_leases(payment_ids)
+
+
+def begin_submissions(payment_ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
+    """dispatched (or retry_scheduled) → submitting, attempts + 1, for those due by the database clock.
+
+    Commits before returning: the gateway may be called for the returned
+    payments from now on, and a cancel can no longer win.
+    """
+    return _batch_backend().begin_submissions(payment_ids, lease=lease, actor=actor)
+
+
+def record_outcomes(writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
+    """Write each outcome if its payment is still ``from_status`` at that attempt; returns those written."""
+    return _batch_backend().record_outcomes(writes, from_status=from_status, actor=actor)
+
+
+def postpone_payments(items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
+    """Push the next try of payments still ``status`` at that attempt; no status change, no event."""
+    return _batch_backend().postpone(items, status=status, delay=delay)

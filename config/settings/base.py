@@ -7,6 +7,7 @@ bare machine; set them to PostgreSQL and RabbitMQ URLs for the real thing.
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +19,10 @@ VAR_DIR = BASE_DIR / "var"
 
 # Lets annotations such as admin.ModelAdmin[Payment] work at run time.
 django_stubs_ext.monkeypatch()
+
+# Zone rules come from the pinned tzdata package only, not from whatever the host
+# has in /usr/share/zoneinfo: every process resolves wall times identically.
+zoneinfo.reset_tzpath([])
 
 env = environ.Env()
 # A developer's .env is read if present; real deployments set the environment.
@@ -38,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "auditlog",
     "accounts",
@@ -48,6 +54,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, Swagger UI) straight from gunicorn, no separate file server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -96,9 +104,7 @@ IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.post
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # https://docs.djangoproject.com/en/5.2/topics/auth/passwords/
-PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
-]
+# PASSWORD_HASHERS (Argon2 first): see the Security section at the end.
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
@@ -113,6 +119,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# https://whitenoise.readthedocs.io/en/stable/django.html: served from the apps' folders,
+# so `make run` needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
 
 # Request bodies are small JSON documents; anything larger is refused early.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=64 * 1024)
@@ -142,6 +151,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from the installed sidecar package: no CDN, works offline and under a strict CSP.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Throttle counters must be shared by every web process: a database cache works
@@ -179,31 +192,176 @@ STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 
 # --- Celery ------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
+# Queues, exchanges and their arguments are declared in config/celery.py; docs/execution.md
+# explains the choices.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 BROKER_IS_AMQP = CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://"))
-if not BROKER_IS_AMQP and CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = str(VAR_DIR / "broker")
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
-        "data_folder_in": _broker_dir,
-        "data_folder_out": _broker_dir,
+# RabbitMQ only: "quorum" (replicated, delivery limit, ETAs through native delayed delivery)
+# or "classic" (ETAs held in the worker's memory until due).
+BROKER_QUEUE_TYPE = env.str("BROKER_QUEUE_TYPE", default="quorum")
+# Quorum queues: deliveries of one message before it is dead-lettered (a worker restart counts one
+# for every ETA message it held). The payment behind a dead-lettered message comes back by its lease.
+BROKER_DELIVERY_LIMIT = env.int("BROKER_DELIVERY_LIMIT", default=10)
+if BROKER_IS_AMQP:
+    # Publisher confirms: a publish returns only once RabbitMQ has taken the message.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"confirm_publish": True}
+elif CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    # kombu's filesystem transport fails on a missing folder: make it on a bare machine.
+    for _folder in (_broker_dir, VAR_DIR / "broker-processed"):
+        _folder.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir),
+        "data_folder_out": str(_broker_dir),
         "processed_folder": str(VAR_DIR / "broker-processed"),
         "store_processed": False,
     }
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A task's message is acknowledged only when it has finished, and given back to the queue if
+# its worker process dies: at-least-once delivery; the tasks are idempotent (guarded by state).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Each worker process reserves one task at a time (ETA tasks are held beside, not counted).
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
+CELERY_TASK_DEFAULT_ROUTING_KEY = "housekeeping"
+# RabbitMQ: one topic exchange for the work queues (native delayed delivery needs topic).
+CELERY_TASK_DEFAULT_EXCHANGE = "payments" if BROKER_IS_AMQP else "housekeeping"
+CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic" if BROKER_IS_AMQP else "direct"
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+CELERY_TASK_ROUTES = {
+    "payments.tasks.sweep_due_payments_task": {"queue": "sweep", "routing_key": "sweep"},
+    "payments.tasks.execute_payments_task": {"queue": "execution", "routing_key": "execution"},
+    "payments.tasks.reconcile_payments_task": {"queue": "execution", "routing_key": "execution"},
+    "payments.tasks.idempotency_purge_task": {"queue": "housekeeping", "routing_key": "housekeeping"},
+}
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 # --- Observability -------------------------------------------------------------
 SENTRY_DSN = env.str("SENTRY_DSN", default="")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# One JSON object per line (config/logging.py). Every handler masks card numbers and
+# scrubs secrets (bearer/API/payment-method tokens, IBANs) before formatting.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "mask_card_numbers": {"()": "payments.card_data.CardNumberMaskingFilter"},
+        "scrub_secrets": {"()": "config.logging.SecretScrubbingFilter"},
+    },
+    "formatters": {"json": {"()": "config.logging.json_formatter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["mask_card_numbers", "scrub_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Security ------------------------------------------------------------------
+# docs/security.md maps each of these to the PCI DSS v4.0 requirement or OWASP API
+# Security Top 10 (2023) item it serves, and describes key and SECRET_KEY rotation.
+from csp.constants import NONE, SELF  # noqa: E402
+
+from payments.crypto import development_key  # noqa: E402
+
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key-fallbacks
+# Rotating SECRET_KEY: the old key goes here (comma-separated) until old sessions expire.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+
+# Personal data at rest (payments/crypto.py): Fernet keys, comma-separated, newest first.
+# Unset, a key derived from SECRET_KEY is used (laptops and tests only: production.py
+# requires the variable, and `check --deploy` warns if the derived key is configured).
+FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [development_key(SECRET_KEY)]
+
+# https://docs.djangoproject.com/en/5.2/topics/auth/passwords/#using-argon2-with-django
+# Argon2id for staff passwords; PBKDF2 hashes still verify and are upgraded at next login.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+
+# Staff second factor (django-otp, TOTP), admin lock-out (django-axes), CSP (django-csp).
+INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp", "axes", "csp"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("config.middleware.RequestIdMiddleware") + 1, "config.logging.RequestLogContextMiddleware"
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "config.security.ContentSecurityPolicyMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "django_otp.middleware.OTPMiddleware",
+)
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # django-axes: last
+# The API authenticates bearer tokens itself (accounts.authentication); these backends
+# serve the admin's password login only, so lock-out never affects API clients.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# https://django-axes.readthedocs.io/en/latest/4_configuration.html
+# Lock a username at one address out after 5 failures, for 30 minutes (PCI DSS 8.3.4).
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=30))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "config.security.client_ip"
+AXES_SENSITIVE_PARAMETERS = ["password", "otp_token"]
+# How many reverse proxies in front of web append to X-Forwarded-For (0: use REMOTE_ADDR).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# Staff sessions (admin only): 15 minutes idle, gone with the browser (PCI DSS 8.2.8).
+SESSION_COOKIE_AGE = env.int("STAFF_SESSION_IDLE_SECONDS", default=15 * 60)
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+
+# https://django-csp.readthedocs.io/en/latest/configuration.html
+# HTML (the admin) may load only its own scripts, styles and images; JSON and other
+# non-HTML responses get "default-src 'none'" (config/security.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# Errors to Sentry, scrubbed (config/sentry.py). Celery workers load these settings too
+# (config/celery.py: config_from_object), so this one call covers web, worker and beat.
+if SENTRY_DSN:
+    from config.sentry import init_sentry
+
+    init_sentry(
+        SENTRY_DSN,
+        # Defaults to the settings module's name: production, test, base.
+        environment=env.str(
+            "SENTRY_ENVIRONMENT", default=env.str("DJANGO_SETTINGS_MODULE", default="").rpartition(".")[2]
+        ),
+        release=env.str("SENTRY_RELEASE", default="") or None,
+    )
+
+# The name authenticator apps show for the admin's TOTP devices (manage.py add_staff_totp).
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Scheduled Payments")

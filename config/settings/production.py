@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .base import *  # noqa: F403
 from .base import env
 
 SECRET_KEY = env.str("SECRET_KEY")  # no default: refuse to start without one
+# Personal-data encryption keys come from the secret store, never derived from SECRET_KEY
+# (docs/security.md: generating, rotating and retiring them).
+FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS")  # no default: refuse to start without them
+if not FIELD_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS is empty: set one or more Fernet keys, newest first.")
 DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 

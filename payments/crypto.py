@@ -1,0 +1,241 @@
+"""Authenticated encryption of personal data at rest, under rotatable keys.
+
+Keys come from ``settings.FIELD_ENCRYPTION_KEYS`` (env ``FIELD_ENCRYPTION_KEYS``,
+comma-separated Fernet keys, newest first). New values are always encrypted
+under the newest key; every configured key can decrypt, so a retired key stays
+in the list until ``manage.py rotate_encryption_keys`` has re-encrypted every
+row under the newest one (``--check`` says when).
+
+Stored form of one value::
+
+    enc1:<key id>:<Fernet token>
+
+* ``enc1`` versions the format, so a later scheme (e.g. AES-GCM-SIV) can live
+  beside this one during a migration.
+* ``<key id>`` is 8 hex characters of a one-way hash of the key: it tells which
+  key to decrypt with, and lets the rotate command find rows under retired keys
+  without decrypting them. It reveals nothing about the key.
+* Fernet is AES-128-CBC with HMAC-SHA256 (encrypt-then-MAC) and a random IV:
+  tampering is detected, and equal plaintexts give different ciphertexts (so
+  equality lookups on encrypted columns cannot work; see ``payments.fields``).
+
+A value without the ``enc1:`` prefix is legacy plaintext: it is returned as is,
+and the rotate command encrypts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+__all__ = [
+    "PREFIX",
+    "FieldDecryptionError",
+    "decrypt_str",
+    "development_key",
+    "encrypt_str",
+    "generate_key",
+    "is_encrypted",
+    "is_under_newest_key",
+    "key_id",
+    "key_id_of",
+    "rotate_token",
+]
+
+PREFIX = "enc1:"
+_KEY_ID_LENGTH = 8
+
+
+class FieldDecryptionError(Exception):
+    """A stored value cannot be decrypted: its key is not configured, or it was tampered with."""
+
+
+def generate_key() -> str:
+    """A new random key in the format ``FIELD_ENCRYPTION_KEYS`` expects."""
+    return Fernet.generate_key().decode("ascii")
+
+
+def development_key(secret_key: str) -> str:
+    """A key derived from ``SECRET_KEY``: for laptops and tests only (production requires real keys)."""
+    digest = hashlib.sha256(b"scheduled-payments/field-encryption/dev:" + secret_key.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def key_id(key: str | bytes) -> str:
+    """The public identifier of a key: 8 hex characters of a domain-separated SHA-256 of it."""
+    raw = key.encode("ascii") if isinstance(key, str) else key
+    return hashlib.sha256(b"scheduled-payments/field-encryption/key-id:" + raw.strip()).hexdigest()[:_KEY_ID_LENGTH]
+
+
+@dataclass(frozen=True)
+class _Keyring:
+    newest_id: str
+    newest: Fernet
+    by_id: dict[str, Fernet]
+    # Newest first: MultiFernet.rotate() decrypts with any key and re-encrypts with the first.
+    multi: MultiFernet
+
+
+def _load_keyring(keys: Any) -> _Keyring:
+    if isinstance(keys, str):
+        keys = keys.split(",")
+    cleaned = [str(key).strip() for key in keys or () if str(key).strip()]
+    if not cleaned:
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS is empty: set it to one or more Fernet keys, newest first.")
+    fernets: list[tuple[str, Fernet]] = []
+    for position, key in enumerate(cleaned, start=1):
+        try:
+            fernet = Fernet(key.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            # Never echo the key itself.
+            raise ImproperlyConfigured(
+                f"FIELD_ENCRYPTION_KEYS entry {position} is not a Fernet key (32 url-safe base64-encoded bytes)."
+            ) from exc
+        fernets.append((key_id(key), fernet))
+    ids = [kid for kid, _ in fernets]
+    if len(set(ids)) != len(ids):
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS lists the same key twice.")
+    return _Keyring(
+        newest_id=ids[0],
+        newest=fernets[0][1],
+        by_id=dict(fernets),
+        multi=MultiFernet([fernet for _, fernet in fernets]),
+    )
+
+
+_lock = threading.Lock()
+_keyring: _Keyring | None = None
+
+
+def _get_keyring() -> _Keyring:
+    global _keyring
+    keyring = _keyring
+    if keyring is None:
+        with _lock:
+            if _keyring is None:
+                _keyring = _load_keyring(settings.FIELD_ENCRYPTION_KEYS)
+            keyring = _keyring
+    return keyring
+
+
+def reset_keyring() -> None:
+    """Forget the cached keys (tests, or after changing settings at run time)."""
+    global _keyring
+    with _lock:
+        _keyring = None
+
+
+@receiver(setting_changed)
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "FIELD_ENCRYPTION_KEYS":
+        reset_keyring()
+
+
+def is_encrypted(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(PREFIX)
+
+
+def _split(token: str) -> tuple[str, str]:
+    """``(key id, Fernet token)`` of a stored value."""
+    kid, sep, fernet_token = token[len(PREFIX) :].partition(":")
+    if not sep or len(kid) != _KEY_ID_LENGTH or not fernet_token:
+        raise FieldDecryptionError("Malformed encrypted value.")
+    return kid, fernet_token
+
+
+def encrypt_str(plaintext: str) -> str:
+    keyring = _get_keyring()
+    return f"{PREFIX}{keyring.newest_id}:{keyring.newest.encrypt(plaintext.encode('utf-8')).decode('ascii')}"
+
+
+def decrypt_str(token: str) -> str:
+    """The plaintext of a stored value; legacy plaintext (no prefix) is returned unchanged."""
+    if not is_encrypted(token):
+        return token
+    kid, fernet_token = _split(token)
+    fernet = _get_keyring().by_id.get(kid)
+    if fernet is None:
+        raise FieldDecryptionError(
+            f"Encrypted with key {kid}, which is not in FIELD_ENCRYPTION_KEYS: "
+            "a key was retired before rotate_encryption_keys re-encrypted every row."
+        )
+    try:
+        return fernet.decrypt(fernet_token.encode("ascii")).decode("utf-8")
+    except InvalidToken:
+        raise FieldDecryptionError(f"An encrypted value under key {kid} failed authentication.") from None
+
+
+def key_id_of(token: str) -> str | None:
+    """The id of the key a stored value is encrypted under, or None for plaintext."""
+    if not is_encrypted(token):
+        return None
+    return _split(token)[0]
+
+
+def is_under_newest_key(token: str) -> bool:
+    try:
+        return is_encrypted(token) and key_id_of(token) == _get_keyring().newest_id
+    except FieldDecryptionError:  # malformed
+        return False
+
+
+def newest_key_id() -> str:
+    return _get_keyring().newest_id
+
+
+def configured_key_ids() -> frozenset[str]:
+    return frozenset(_get_keyring().by_id)
+
+
+def rotate_token(value: str) -> str:
+    """``value`` re-encrypted under the newest key; plaintext is encrypted. Keeps Fernet's timestamp."""
+    if not is_encrypted(value):
+        return encrypt_str(value)
+    kid, fernet_token = _split(value)
+    keyring = _get_keyring()
+    if kid not in keyring.by_id:
+        raise FieldDecryptionError(f"Encrypted with key {kid}, which is not in FIELD_ENCRYPTION_KEYS.")
+    try:
+        rotated = keyring.multi.rotate(fernet_token.encode("ascii")).decode("ascii")
+    except InvalidToken:
+        raise FieldDecryptionError(f"An encrypted value under key {kid} failed authentication.") from None
+    return f"{PREFIX}{keyring.newest_id}:{rotated}"
+
+
+@checks.register(checks.Tags.security)
+def check_field_encryption_keys(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """An error when ``FIELD_ENCRYPTION_KEYS`` cannot be used (checked at every start)."""
+    try:
+        _load_keyring(getattr(settings, "FIELD_ENCRYPTION_KEYS", None))
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="payments.E001")]
+    return []
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_field_encryption_keys_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Under ``check --deploy``: the development key (derived from SECRET_KEY) must not be in use."""
+    try:
+        keyring = _load_keyring(getattr(settings, "FIELD_ENCRYPTION_KEYS", None))
+    except ImproperlyConfigured:
+        return []  # reported by check_field_encryption_keys
+    if key_id(development_key(settings.SECRET_KEY)) not in keyring.by_id:
+        return []
+    return [
+        checks.Warning(
+            "FIELD_ENCRYPTION_KEYS contains the development key derived from SECRET_KEY.",
+            hint="Generate keys with `python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'` and keep them in the secret store.",
+            id="payments.W001",
+        )
+    ]

@@ -1,0 +1,89 @@
+"""The OpenAPI document describes the whole end-user API, and generates without warnings."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+import yaml
+from django.core.management import call_command
+from django.test import Client
+
+from payments.models import PaymentEvent
+from payments.serializers import (
+    CREATE_FIELDS,
+    PaymentCreateSerializer,
+    PaymentEventSerializer,
+    PaymentSerializer,
+    event_representation,
+)
+
+from .conftest import PAYMENT_KEYS
+
+
+def test_the_schema_generates_and_validates_without_warnings(tmp_path):
+    # `spectacular --validate --fail-on-warn` exits non-zero on any warning or invalid document
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target), stdout=StringIO())
+    assert target.stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def schema():
+    response = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi")
+    assert response.status_code == 200, response.content
+    return yaml.safe_load(response.content)
+
+
+def test_every_endpoint_is_documented(schema):
+    operations = {
+        (path, method): operation["operationId"]
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    }
+    assert operations == {
+        ("/api/v1/payments", "get"): "payments_list",
+        ("/api/v1/payments", "post"): "payments_create",
+        ("/api/v1/payments/{payment_id}", "get"): "payments_retrieve",
+        ("/api/v1/payments/{payment_id}/cancel", "post"): "payments_cancel",
+        ("/api/v1/payments/{payment_id}/events", "get"): "payments_events",
+    }
+
+
+def test_create_documents_the_body_the_key_and_the_errors(schema):
+    create = schema["paths"]["/api/v1/payments"]["post"]
+    header = next(p for p in create["parameters"] if p["name"] == "Idempotency-Key")
+    assert (header["in"], header["required"]) == ("header", True)
+    body_ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = schema["components"]["schemas"][body_ref.rsplit("/", 1)[1]]
+    assert set(body["properties"]) == set(CREATE_FIELDS)
+    assert {"Location", "Idempotent-Replayed"} <= set(create["responses"]["201"]["headers"])
+    for status in ("400", "401", "409", "415", "422", "429"):
+        assert "application/problem+json" in create["responses"][status]["content"], status
+    bearer = schema["components"]["securitySchemes"]["bearerAuth"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
+    assert create["security"] == [{"bearerAuth": []}]
+
+
+def test_the_payment_object_is_documented_with_string_amounts(schema):
+    payment = schema["components"]["schemas"]["Payment"]
+    assert set(payment["properties"]) == PAYMENT_KEYS
+    assert payment["properties"]["amount"]["type"] == "string"
+    assert set(PaymentSerializer().fields) == PAYMENT_KEYS
+
+
+def test_the_docs_match_what_the_code_does():
+    # the request serializer documents exactly the fields the validator accepts
+    assert tuple(PaymentCreateSerializer().fields) == CREATE_FIELDS
+    # the event serializer documents exactly the keys an event has
+    event = PaymentEvent(from_status="", to_status="scheduled", reason="created", attempt=0)
+    from django.utils import timezone
+
+    event.at = timezone.now()
+    assert list(PaymentEventSerializer().fields) == list(event_representation(event))
+
+
+def test_the_browsable_docs_page_loads():
+    response = Client().get("/api/docs/")
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()

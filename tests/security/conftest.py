@@ -1,0 +1,97 @@
+"""Fixtures for the security tests: sensitive values, payments, verified staff clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.utils import timezone
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts.models import User
+from payments.models import Payment
+
+# Values that must never appear in clear: in the database, the logs or Sentry.
+PAN = "4111 1111 1111 1111"
+PAN_COMPACT = "4111111111111111"
+IBAN = "DE89370400440532013000"
+IBAN_GROUPED = "DE89 3704 0044 0532 0130 00"
+PAYEE_NAME = "Zebulon Quartermaine"
+PAYMENT_METHOD = "pm_card_visa_Qx7Lw2"
+API_TOKEN = "spt_Kq9vXb3N2mZt8RwLpE5sYh0cJd4fGa1uIo6eWn7rTyU"
+BEARER = f"Bearer {API_TOKEN}"
+DESCRIPTION = "Rent for flat Rosebud-4B"
+METADATA = {"tenant": "Quartermaine household", "unit": "Rosebud-4B"}
+STAFF_PASSWORD = "correct horse battery staple"
+
+# What a raw table read must not contain (values, and distinctive pieces of them).
+PLAINTEXT_FRAGMENTS = [
+    PAYEE_NAME,
+    "Quartermaine",
+    IBAN,
+    "DE89",
+    PAYMENT_METHOD,
+    "pm_card",
+    DESCRIPTION,
+    "Rosebud",
+    "tenant",
+    "household",
+]
+
+
+@pytest.fixture
+def make_payment(make_user: Callable[..., User]) -> Callable[..., Payment]:
+    def make(owner: User | None = None, **overrides: Any) -> Payment:
+        now = timezone.now()
+        fields: dict[str, Any] = {
+            "owner": owner or make_user(),
+            "amount_minor": 12550,
+            "currency": "EUR",
+            "payee_name": PAYEE_NAME,
+            "payee_account": IBAN,
+            "payee_account_last4": IBAN[-4:],
+            "description": DESCRIPTION,
+            "metadata": dict(METADATA),
+            "payment_method": PAYMENT_METHOD,
+            "scheduled_for": now + timedelta(days=3),
+            "time_zone": "UTC",
+            "scheduled_local": (now + timedelta(days=3)).isoformat(),
+        }
+        fields.update(overrides)
+        return Payment.objects.create(**fields)
+
+    return make
+
+
+@pytest.fixture
+def make_staff(db: None) -> Callable[..., User]:
+    counter = iter(range(1, 1_000_000))
+
+    def make(*groups: str, username: str | None = None, password: str = STAFF_PASSWORD) -> User:
+        user = User.objects.create_user(username=username or f"staff{next(counter)}", password=password, is_staff=True)
+        for name in groups:
+            user.groups.add(Group.objects.get(name=name))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def verified_client() -> Callable[[User], Client]:
+    """A client logged in as ``user`` whose session is verified by a TOTP device (what the OTP login does)."""
+
+    def make(user: User) -> Client:
+        device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
+        client = Client()
+        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
+        return client
+
+    return make
