@@ -1,0 +1,57 @@
+"""Celery tasks: thin wrappers that take ids and call one service each.
+
+Queues and routes are in ``config/celery.py``; the execution path and its
+guarantees in ``payments/execution.py`` and docs/execution.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from . import execution
+
+# A database that is briefly unreachable is worth a few quick retries; anything else is a bug
+# and fails loudly (the claim's lease brings the payment back either way).
+_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+@shared_task(name=execution.SWEEP_TASK, ignore_result=True, acks_late=False)
+def sweep_due_payments_task() -> dict[str, Any]:
+    # acks_late off: a tick lost with its worker is replaced by the next one a second later.
+    return execution.payments_sweep().as_dict()
+
+
+@shared_task(
+    name=execution.EXECUTE_TASK,
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=3,
+    default_retry_delay=1,
+)
+def execute_payments_task(payment_ids: list[str]) -> dict[str, Any]:
+    return execution.payments_execute(payment_ids).as_dict()
+
+
+@shared_task(
+    name=execution.RECONCILE_TASK,
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_DB_ERRORS,
+    max_retries=3,
+    default_retry_delay=1,
+)
+def reconcile_payments_task(payment_ids: list[str]) -> dict[str, Any]:
+    return execution.payments_reconcile(payment_ids).as_dict()
+
+
+@shared_task(name=execution.IDEMPOTENCY_PURGE_TASK, ignore_result=True, acks_late=True)
+def idempotency_purge_task() -> int:
+    from .services import idempotency_purge_expired  # the API's service; imported when run
+
+    return idempotency_purge_expired()
