@@ -133,13 +133,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # config/throttling.py: DRF's user and anon throttles keyed on config.security.client_ip
+    # (not on a client-supplied X-Forwarded-For), plus one per client address for every request.
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "config.throttling.UserRateThrottle",
+        "config.throttling.AnonRateThrottle",
+        "config.throttling.ClientIpRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": env.str("THROTTLE_USER_RATE", default="6000/min"),
         "anon": env.str("THROTTLE_ANON_RATE", default="600/min"),
+        "ip": env.str("THROTTLE_IP_RATE", default="60000/min"),
     },
     "EXCEPTION_HANDLER": "config.problems.problem_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -172,6 +176,11 @@ else:
 
 # --- Payments ----------------------------------------------------------------
 PAYMENTS_MAX_AMOUNT = env.str("PAYMENTS_MAX_AMOUNT", default="1000000")  # in major units of any currency
+# Per-user abuse limits, enforced by payments.services.payment_create (422 problem codes):
+# payments waiting to execute (public status scheduled), and the total scheduled for one UTC day
+# in one currency (major units; canceled and failed payments do not count).
+PAYMENTS_MAX_PENDING_PER_USER = env.int("PAYMENTS_MAX_PENDING_PER_USER", default=1000)
+PAYMENTS_MAX_DAILY_AMOUNT = env.str("PAYMENTS_MAX_DAILY_AMOUNT", default="1000000")
 PAYMENTS_SCHEDULE_HORIZON = timedelta(days=env.int("PAYMENTS_SCHEDULE_HORIZON_DAYS", default=730))
 IDEMPOTENCY_KEY_RETENTION = timedelta(hours=env.int("IDEMPOTENCY_KEY_RETENTION_HOURS", default=24))
 # How long an in-flight idempotency record blocks its key before a retry may take it over.
@@ -268,7 +277,18 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The tick runs every second: Celery's own per-task lines would drown everything else.
+        # Our services log what they did (payments.execution) when they did something.
+        "celery.app.trace": {"level": env.str("CELERY_TRACE_LOG_LEVEL", default="WARNING")},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
+        # One line per HTTP request at INFO; the Stripe SDK's lower levels include request bodies.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},
+    },
 }
 
 # --- Security ------------------------------------------------------------------
@@ -276,7 +296,7 @@ LOGGING = {
 # Security Top 10 (2023) item it serves, and describes key and SECRET_KEY rotation.
 from csp.constants import NONE, SELF  # noqa: E402
 
-from payments.crypto import development_key  # noqa: E402
+from payments.crypto import development_hmac_key, development_key  # noqa: E402
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key-fallbacks
 # Rotating SECRET_KEY: the old key goes here (comma-separated) until old sessions expire.
@@ -286,6 +306,10 @@ SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 # Unset, a key derived from SECRET_KEY is used (laptops and tests only: production.py
 # requires the variable, and `check --deploy` warns if the derived key is configured).
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [development_key(SECRET_KEY)]
+# The key of the HMAC-SHA256 search columns (payments.Payment.payee_account_hmac): support finds a
+# payment by payee account without the account being stored in clear. Separate from the encryption
+# keys; unset, derived from SECRET_KEY (laptops and tests only: production.py requires it).
+FIELD_HMAC_KEY = env.str("FIELD_HMAC_KEY", default="") or development_hmac_key(SECRET_KEY)
 
 # https://docs.djangoproject.com/en/5.2/topics/auth/passwords/#using-argon2-with-django
 # Argon2id for staff passwords; PBKDF2 hashes still verify and are upgraded at next login.
