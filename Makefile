@@ -48,3 +48,21 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 clean: ## remove the embedded database, broker folder and caches
 	rm -rf var .mypy_cache .ruff_cache .pytest_cache
+
+# --- Benchmarks (bench/, docs/performance.md) ---------------------------------------------------
+# Extra arguments for `python -m bench`, e.g. BENCH_ARGS="--payments 5000 --gateway-latency-ms 50".
+BENCH_ARGS ?=
+
+.PHONY: bench-smoke
+
+bench: $(STAMP) ## the benchmark: the real stack, five workloads, results in bench/results (~15 min)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-smoke: $(STAMP) ## the benchmark at tiny sizes (checks the harness, ~1.5 min), results in bench/results/tmp
+	$(BIN)/python -m bench --quick --out bench/results/tmp/smoke $(BENCH_ARGS)
+
+# `make fuzz`: the CI fuzz test (tests/security/test_fuzz_api.py) with many more examples per operation.
+FUZZ_MAX_EXAMPLES ?= 500
+fuzz: $(STAMP) services-check ## schemathesis against the OpenAPI schema, FUZZ_MAX_EXAMPLES (500) per operation
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) \
+		$(BIN)/pytest tests/security/test_fuzz_api.py -p no:cacheprovider --timeout=0 $(PYTEST_ARGS)

@@ -16,6 +16,8 @@ from rest_framework.response import Response
 
 from payments.error_codes import ErrorCode, FieldError, ProblemError
 
+from .throttling import throttle_failed_authentication
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -125,7 +127,15 @@ def problem_from_exception(exc: Exception) -> ProblemError | None:
 
 
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF ``EXCEPTION_HANDLER``: unknown exceptions propagate to Django's 500 handler."""
+    """DRF ``EXCEPTION_HANDLER``: unknown exceptions propagate to Django's 500 handler.
+
+    A request whose authentication failed is counted against the throttles first
+    (``config.throttling.throttle_failed_authentication``): over the rate, it is 429.
+    """
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        view, request = context.get("view"), context.get("request")
+        if view is not None and request is not None:
+            exc = throttle_failed_authentication(view, request) or exc
     problem = problem_from_exception(exc)
     if problem is None:
         return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "PREFIX",
     "FieldDecryptionError",
     "decrypt_str",
+    "development_hmac_key",
     "development_key",
     "encrypt_str",
     "generate_key",
@@ -49,6 +51,8 @@ __all__ = [
     "is_under_newest_key",
     "key_id",
     "key_id_of",
+    "normalize_account",
+    "payee_account_hmac",
     "rotate_token",
 ]
 
@@ -69,6 +73,31 @@ def development_key(secret_key: str) -> str:
     """A key derived from ``SECRET_KEY``: for laptops and tests only (production requires real keys)."""
     digest = hashlib.sha256(b"scheduled-payments/field-encryption/dev:" + secret_key.encode("utf-8")).digest()
     return base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def development_hmac_key(secret_key: str) -> str:
+    """The search-HMAC key derived from ``SECRET_KEY``: laptops and tests only (production requires its own)."""
+    return hashlib.sha256(b"scheduled-payments/field-hmac/dev:" + secret_key.encode("utf-8")).hexdigest()
+
+
+def normalize_account(account: str) -> str:
+    """The form of an account identifier that is hashed: upper case, without whitespace.
+
+    ``"de89 3704 0044 0532 0130 00"`` and ``"DE89370400440532013000"`` are the same account.
+    Nothing else is removed: dashes or dots in a domestic account number are part of it.
+    """
+    return "".join(account.split()).upper()
+
+
+def payee_account_hmac(account: str) -> str:
+    """HMAC-SHA256 (hex) of the normalised account under ``FIELD_HMAC_KEY``: the searchable stand-in.
+
+    Deterministic on purpose (equal accounts give equal values, so an index finds them), and
+    useless without the key: an attacker with the database alone cannot test guesses against it,
+    unlike a plain hash of a low-entropy account number. Exact match only.
+    """
+    key = str(settings.FIELD_HMAC_KEY).encode("utf-8")
+    return hmac.new(key, normalize_account(account).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def key_id(key: str | bytes) -> str:
@@ -237,5 +266,20 @@ def check_field_encryption_keys_deploy(app_configs: Any = None, **kwargs: Any) -
             hint="Generate keys with `python -c 'from cryptography.fernet import Fernet; "
             "print(Fernet.generate_key().decode())'` and keep them in the secret store.",
             id="payments.W001",
+        )
+    ]
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_field_hmac_key_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Under ``check --deploy``: the search-HMAC key must not be the one derived from SECRET_KEY."""
+    if getattr(settings, "FIELD_HMAC_KEY", "") != development_hmac_key(settings.SECRET_KEY):
+        return []
+    return [
+        checks.Warning(
+            "FIELD_HMAC_KEY is the development key derived from SECRET_KEY.",
+            hint="Generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'` "
+            "and keep it in the secret store.",
+            id="payments.W002",
         )
     ]

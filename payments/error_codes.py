@@ -60,6 +60,10 @@ class ErrorCode(enum.StrEnum):
     # State
     PAYMENT_NOT_CANCELABLE = "payment_not_cancelable"
 
+    # Per-user business limits (422: retrying the same request cannot succeed until the situation changes)
+    PENDING_PAYMENTS_LIMIT_EXCEEDED = "pending_payments_limit_exceeded"
+    DAILY_AMOUNT_LIMIT_EXCEEDED = "daily_amount_limit_exceeded"
+
 
 @dataclass(frozen=True)
 class FieldError:

@@ -12,14 +12,19 @@ The flow (docs/execution.md has the diagram and the reasoning):
    the attempt's idempotency key, then records each outcome guarded by
    ``(status, attempt)``.
 3. ``payments_reconcile`` settles unknown outcomes: it asks the gateway for
-   the attempt's key and re-sends only with the *same* key.
+   the attempt's key and re-sends only with the *same* key, on a ladder bounded
+   by the gateway's idempotency-key retention.
 
+What each outcome leads to (retry with backoff, reconcile, fail, dead-letter) is
+one table in ``payments.retry_policy``; back-pressure is ``payments.circuit``.
 Every status change goes through ``payments.state_machine``.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,20 +36,41 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from .circuit import (
+    Admission,
+    SweepGate,
+    circuit_abandon_probe,
+    circuit_admit,
+    circuit_record,
+    circuit_sweep_gate,
+)
 from .currencies import format_minor_units
 from .gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, OutcomeKind
-from .models import Payment
+from .models import Payment, PaymentEvent
+from .retry_policy import (
+    Decision,
+    Phase,
+    RetryBudget,
+    decide,
+    inconclusive,
+    reconcile_deadline,
+    reconcile_decision,
+    record_decision,
+)
 from .state_machine import (
+    SUBMISSION_FIELDS,
     Claim,
     OutcomeWrite,
+    Reschedule,
     begin_submissions,
     claim_due_payments,
     claim_waiting_payments,
+    defer_payments,
     expire_submissions,
-    postpone_payments,
     record_outcomes,
     redispatch_expired_payments,
     release_dispatch_leases,
+    reschedule_waiting,
     sweep_leader_lock,
 )
 from .statuses import Status
@@ -57,19 +83,18 @@ logger = logging.getLogger(__name__)
 SWEEP_ACTOR = "system:sweep"
 WORKER_ACTOR = "system:worker"
 RECONCILER_ACTOR = "system:reconciler"
+# The event reason of a payment held back (still dispatched) while the gateway's circuit is open.
+DEFERRED = "gateway_unavailable"
 
 # How many claim batches one sweep run may take: bounds a tick's work after a backlog.
 SWEEP_MAX_BATCHES = 20
 # Payments due within this window of the first one in a task share the task (and its ETA, the
 # last due instant): at most this much lateness is traded for fewer, fuller execution tasks.
 EXECUTION_GROUP_WINDOW = timedelta(milliseconds=200)
-# Retries of an attempt proven not charged. The failure-handling work replaces this policy
-# (full jitter, settings); it lives in ``retry_delay`` only.
-RETRY_BASE_DELAY = timedelta(seconds=10)
-RETRY_MAX_ATTEMPTS = 5
-# When an unknown outcome is asked about (again).
-RECONCILE_DELAY = timedelta(seconds=2)
-RECONCILE_RETRY_DELAY = timedelta(seconds=15)
+# Retries, reconciliation ladder and what each outcome leads to: ``payments.retry_policy`` (settings
+# RETRY_*, RECONCILE_LADDER_SECONDS, GATEWAY_IDEMPOTENCY_RETENTION_HOURS). Back-pressure: ``payments.circuit``.
+# Deferred payments come back within this much after the circuit's next probe time, spread out.
+DEFER_JITTER_SECONDS = 1.0
 
 
 class TransactionOpenError(RuntimeError):
@@ -89,14 +114,6 @@ def _gateway() -> Gateway:
     from .gateways import get_gateway
 
     return get_gateway()
-
-
-def retry_delay(attempt: int, retry_after_seconds: float | None = None) -> timedelta:
-    """How long a retryable (proven uncharged) attempt waits before the next one."""
-    delay = RETRY_BASE_DELAY
-    if retry_after_seconds is not None:
-        delay = max(delay, timedelta(seconds=retry_after_seconds))
-    return delay
 
 
 def charge_request(payment: Payment) -> ChargeRequest:
@@ -122,6 +139,7 @@ class SweepReport:
     retries: int = 0  # retry_scheduled handed to workers
     reconciliations: int = 0  # reconciling handed to workers
     tasks_published: int = 0
+    circuit_open: bool = False  # the gateway's circuit is not closed: nothing, or only a probe's worth, handed out
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,12 +219,19 @@ def publish_executions(claims: Sequence[Claim]) -> int:
         raise
 
 
+def _gateway_name() -> str:
+    """The circuit's key: the configured backend (no adapter needs to be built to know it)."""
+    return str(settings.GATEWAY_BACKEND).strip().lower()
+
+
 def payments_sweep(*, max_batches: int = SWEEP_MAX_BATCHES) -> SweepReport:
     """One tick: rescue expired leases, hand out due retries/reconciliations, claim due payments.
 
     Only one sweep works at a time (``sweep_leader_lock``); any other returns
     ``skipped``. Each batch is its own short transaction, and its tasks are
-    published only after it committed.
+    published only after it committed. While the gateway's circuit is open it
+    hands out nothing that would call the gateway: due payments stay
+    ``scheduled`` (cancelable), retries and reconciliations wait in PostgreSQL.
     """
     report = SweepReport()
     batch_size = settings.SWEEP_BATCH_SIZE
@@ -218,6 +243,15 @@ def payments_sweep(*, max_batches: int = SWEEP_MAX_BATCHES) -> SweepReport:
         # An attempt whose worker vanished: its outcome is unknown, never re-send with a new key.
         report.to_reconcile = len(expire_submissions(limit=batch_size, actor=SWEEP_ACTOR))
 
+        gate = circuit_sweep_gate(_gateway_name())
+        if gate != SweepGate.CLOSED:
+            report.circuit_open = True
+        if gate == SweepGate.BLOCKED:
+            return report
+        if gate == SweepGate.PROBE:
+            # Only a probe's worth: whatever the probe batch does not take is deferred again at once.
+            batch_size, max_batches = max(1, settings.CIRCUIT_PROBE_SIZE), 1
+
         reconciliations = claim_waiting_payments(
             status=Status.RECONCILING, lease=settings.SUBMIT_LEASE, limit=batch_size
         )
@@ -226,7 +260,8 @@ def payments_sweep(*, max_batches: int = SWEEP_MAX_BATCHES) -> SweepReport:
             groups = group_claims(reconciliations, batch_size=settings.EXECUTION_BATCH_SIZE, window=timedelta.max)
             report.tasks_published += _publish(RECONCILE_TASK, [(None, ids) for _, ids in groups])
 
-        # A lost execution message (broker restart, purged queue): publish again.
+        # A lost execution message (broker restart, purged queue), or a payment deferred while the
+        # circuit was open: publish again.
         redispatched = redispatch_expired_payments(lease=settings.DISPATCH_LEASE, limit=batch_size, actor=SWEEP_ACTOR)
         report.redispatched = len(redispatched)
         report.tasks_published += publish_executions(redispatched)
@@ -260,61 +295,63 @@ class ExecutionReport:
     recorded: int = 0
     not_yet_due: int = 0
     skipped: int = 0  # canceled, or already moved on by another delivery
+    deferred: int = 0  # held back, no attempt begun: the gateway's circuit is open
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def outcome_write(payment: Payment, outcome: ChargeOutcome) -> OutcomeWrite:
-    """Translate one attempt's gateway outcome into the guarded write that records it."""
-    attempt = payment.attempts
-    data: dict[str, Any] = {"outcome": str(outcome.kind)}
-    if outcome.reference:
-        data["gateway_reference"] = outcome.reference
-    if outcome.failure_code:
-        data["failure_code"] = outcome.failure_code
-    if outcome.kind == OutcomeKind.SUCCEEDED:
-        return OutcomeWrite(
-            payment.pk, attempt, Status.SUCCEEDED, "charged", gateway_reference=outcome.reference, data=data
-        )
-    if outcome.kind == OutcomeKind.DECLINED:
-        return OutcomeWrite(
-            payment.pk,
-            attempt,
-            Status.FAILED,
-            "declined",
-            gateway_reference=outcome.reference,
-            failure_code=outcome.failure_code or "declined",
-            failure_message=outcome.failure_message or "The payment was declined.",
-            data=data,
-        )
-    if outcome.needs_operator:
-        return OutcomeWrite(
-            payment.pk,
-            attempt,
-            Status.DEAD_LETTERED,
-            "needs_operator",
-            failure_code=outcome.failure_code,
-            failure_message=outcome.failure_message,
-            data=data,
-        )
-    if outcome.kind == OutcomeKind.RETRYABLE:
-        # Proven not charged, and this worker held the attempt's only key: a new attempt is safe.
-        if attempt >= RETRY_MAX_ATTEMPTS:
-            return OutcomeWrite(payment.pk, attempt, Status.DEAD_LETTERED, "retries_exhausted", data=data)
-        return OutcomeWrite(
-            payment.pk,
-            attempt,
-            Status.RETRY_SCHEDULED,
-            "retryable_failure",
-            failure_code=outcome.failure_code,
-            next_attempt_in=retry_delay(attempt, outcome.retry_after_seconds),
-            data=data,
-        )
-    # UNKNOWN: may have charged. Only the same key may ever be sent again.
-    return OutcomeWrite(
-        payment.pk, attempt, Status.RECONCILING, "outcome_unknown", next_attempt_in=RECONCILE_DELAY, data=data
+def retry_budget(payment: Payment) -> RetryBudget:
+    """Attempts and age count from the due instant, or from an operator's last re-drive."""
+    return RetryBudget(
+        attempt=payment.attempts,
+        first_attempt=payment.redrive_attempt,
+        started_at=payment.redriven_at or payment.scheduled_for,
     )
+
+
+def decision_write(payment: Payment, decision: Decision) -> OutcomeWrite:
+    """The guarded write of a decision about the payment's current attempt."""
+    return OutcomeWrite(
+        payment.pk,
+        payment.attempts,
+        decision.to_status,
+        decision.reason,
+        gateway_reference=decision.gateway_reference,
+        failure_code=decision.failure_code,
+        failure_message=decision.failure_message,
+        next_attempt_in=decision.next_attempt_in,
+        data=dict(decision.data or {}),
+        dead_letter_reason=decision.dead_letter_reason,
+    )
+
+
+def outcome_write(payment: Payment, outcome: ChargeOutcome, *, now: datetime | None = None) -> OutcomeWrite:
+    """Translate one attempt's gateway outcome into the guarded write that records it (``retry_policy``)."""
+    decision = decide(outcome, phase=Phase.SUBMIT, budget=retry_budget(payment), now=now or timezone.now())
+    return decision_write(payment, decision)
+
+
+def _is_gateway_failure(outcome: ChargeOutcome) -> bool:
+    """What the circuit breaker counts: the gateway is unwell, not the payment or our request."""
+    return outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.UNKNOWN) and not outcome.needs_operator
+
+
+def _defer_delay(admission: Admission) -> timedelta:
+    # Spread the deferred ones so they do not all come back in the same instant.
+    return (admission.retry_in or timedelta(seconds=1)) + timedelta(seconds=random.uniform(0, DEFER_JITTER_SECONDS))
+
+
+def _fault_pause_after_gateway() -> None:
+    """FAULT INJECTION (tests only; inert unless PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS is set).
+
+    Holds the worker between the gateway's answer and the database write, so a test can kill it
+    exactly where money has moved and nothing is recorded yet.
+    """
+    pause = float(settings.FAULT_PAUSE_AFTER_GATEWAY_SECONDS or 0)
+    if pause > 0:
+        logger.warning("FAULT INJECTION: pausing %ss after the gateway answered, before recording", pause)
+        time.sleep(pause)
 
 
 def _republish_early(not_yet_due: Sequence[tuple[uuid.UUID, float]]) -> None:
@@ -332,28 +369,48 @@ def payments_execute(payment_ids: Sequence[str | uuid.UUID]) -> ExecutionReport:
     """Execute the due ones among ``payment_ids``: submit, call the gateway, record each outcome.
 
     Idempotent: a payment that is canceled or already past ``dispatched`` is left
-    alone, so a redelivered or duplicated task changes nothing.
+    alone, so a redelivered or duplicated task changes nothing. While the gateway's
+    circuit is open the payments are deferred before any attempt begins.
     """
     _assert_outside_transaction()
     ids = [uuid.UUID(str(i)) for i in payment_ids]
+    report = ExecutionReport()
+    circuit = _gateway_name()
+    admission = circuit_admit(circuit, len(ids))
+    if admission.allowed < len(ids):
+        held, ids = ids[admission.allowed :], ids[: admission.allowed]
+        report.deferred = len(defer_payments(held, delay=_defer_delay(admission), actor=WORKER_ACTOR, reason=DEFERRED))
+        logger.info("execute: circuit %s not closed, %s payments deferred", circuit, report.deferred)
+    if not ids:
+        return report
     start = begin_submissions(ids, lease=settings.SUBMIT_LEASE, actor=WORKER_ACTOR)  # committed
-    report = ExecutionReport(submitted=len(start.submitting), not_yet_due=len(start.not_yet_due))
+    report.submitted, report.not_yet_due = len(start.submitting), len(start.not_yet_due)
     report.skipped = len(ids) - report.submitted - report.not_yet_due
     if start.not_yet_due:
         logger.info("execute: %s payments delivered early, re-published", len(start.not_yet_due))
         _republish_early(start.not_yet_due)
     if not start.submitting:
+        if admission.probe:
+            circuit_abandon_probe(circuit)
         return report
 
     _assert_outside_transaction()
     outcomes = _gateway().charge_many([charge_request(p) for p in start.submitting])
-    writes = [outcome_write(p, o) for p, o in zip(start.submitting, outcomes, strict=True)]
+    _fault_pause_after_gateway()
+    now = timezone.now()
+    writes = [outcome_write(p, o, now=now) for p, o in zip(start.submitting, outcomes, strict=True)]
     written = record_outcomes(writes, from_status=Status.SUBMITTING, actor=WORKER_ACTOR)
     report.recorded = len(written)
     if len(written) < len(writes):
         # Fenced: the lease expired and the sweep moved the payment on; reconciliation settles it.
         lost = {w.payment_id for w in writes} - set(written)
         logger.warning("execute: outcomes of %s fenced off (lease expired): %s", len(lost), sorted(map(str, lost)))
+    circuit_record(
+        circuit,
+        calls=len(outcomes),
+        failures=sum(1 for o in outcomes if _is_gateway_failure(o)),
+        probe=admission.probe,
+    )
     return report
 
 
@@ -362,41 +419,27 @@ def payments_execute(payment_ids: Sequence[str | uuid.UUID]) -> ExecutionReport:
 
 def record_write(payment: Payment, record: ChargeRecord) -> OutcomeWrite:
     """A charge the gateway's ledger holds under the attempt's key is the attempt's outcome."""
-    data = {"gateway_reference": record.reference, "found_by": "lookup"}
     expected = charge_request(payment)
-    if (
-        (record.payment_id and record.payment_id != expected.payment_id)
-        or record.amount != expected.amount
-        or record.currency != expected.currency
-    ):
-        # The key names a different charge: never settle a payment on someone else's money.
-        return OutcomeWrite(
-            payment.pk,
-            payment.attempts,
-            Status.DEAD_LETTERED,
-            "charge_mismatch",
-            failure_code="gateway_record_mismatch",
-            data=data,
-        )
-    if record.status == "succeeded":
-        return OutcomeWrite(
-            payment.pk,
-            payment.attempts,
-            Status.SUCCEEDED,
-            "charge_found",
-            gateway_reference=record.reference,
-            data=data,
-        )
-    return OutcomeWrite(
-        payment.pk,
-        payment.attempts,
-        Status.FAILED,
-        "decline_found",
-        gateway_reference=record.reference,
-        failure_code=record.failure_code or "declined",
-        failure_message=record.failure_message or "The payment was declined.",
-        data=data,
+    decision = record_decision(
+        record, payment_id=expected.payment_id, amount=expected.amount, currency=expected.currency
     )
+    return decision_write(payment, decision)
+
+
+def first_submitted_at(payments: Sequence[Payment]) -> dict[uuid.UUID, datetime]:
+    """When each payment's current attempt first went to the gateway (its key's age), from the timeline.
+
+    Falls back to the due instant: no attempt is submitted before it, so the key can only be younger.
+    """
+    wanted = {p.pk: p.attempts for p in payments}
+    first: dict[uuid.UUID, datetime] = {p.pk: p.scheduled_for for p in payments}
+    found: dict[uuid.UUID, datetime] = {}
+    events = PaymentEvent.objects.filter(payment_id__in=list(wanted), to_status=Status.SUBMITTING)
+    for payment_id, attempt, at in events.values_list("payment_id", "attempt", "at"):
+        if wanted.get(payment_id) == attempt and (payment_id not in found or at < found[payment_id]):
+            found[payment_id] = at
+    first.update(found)
+    return first
 
 
 @dataclass
@@ -405,6 +448,8 @@ class ReconcileReport:
     resent: int = 0
     recorded: int = 0
     postponed: int = 0
+    deferred: int = 0  # not asked: the gateway's circuit is open (no rung climbed)
+    dead_lettered: int = 0  # the key's retention ran out without an answer
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -415,44 +460,95 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
 
     The key is never abandoned: an attempt that was ever in doubt ends only on a
     charge record the gateway holds for that key (succeeded or declined). Any
-    other answer leaves it ``reconciling`` and asks again later, because a
-    request with that key may still be in flight somewhere.
+    other answer leaves it ``reconciling`` and asks again after the ladder's next
+    rung, because a request with that key may still be in flight somewhere; when
+    the key's retention at the gateway runs out, an operator decides
+    (``reconciliation_inconclusive``): a forgotten key proves nothing, and a
+    re-send under it could charge again.
     """
     _assert_outside_transaction()
     ids = [uuid.UUID(str(i)) for i in payment_ids]
-    payments = list(
-        Payment.objects.filter(pk__in=ids, status=Status.RECONCILING).only(
-            "id", "attempts", "amount_minor", "currency", "payment_method", "status"
-        )
-    )
+    payments = list(Payment.objects.filter(pk__in=ids, status=Status.RECONCILING).only(*SUBMISSION_FIELDS))
     report = ReconcileReport()
-    gateway = _gateway()
+    if not payments:
+        return report
+    now = timezone.now()
+    deadlines = {pid: reconcile_deadline(at) for pid, at in first_submitted_at(payments).items()}
+    circuit = _gateway_name()
+    admission = circuit_admit(circuit, len(payments))
+    held, payments = payments[admission.allowed :], payments[: admission.allowed]
+
     writes: list[OutcomeWrite] = []
+    later: list[Reschedule] = []
+
+    def ask_later(payment: Payment, reason: str, data: dict[str, Any] | None = None) -> None:
+        decision = reconcile_decision(
+            reason=reason, tries=payment.reconcile_attempts, now=now, deadline=deadlines[payment.pk], data=data
+        )
+        if decision.to_status == Status.RECONCILING:
+            assert decision.next_attempt_in is not None
+            later.append(Reschedule(payment.pk, payment.attempts, decision.next_attempt_in, count_try=True))
+        else:
+            writes.append(decision_write(payment, decision))
+
+    for payment in held:
+        if now >= deadlines[payment.pk]:
+            writes.append(decision_write(payment, inconclusive({"circuit": "open"})))
+        else:
+            delay = min(_defer_delay(admission), deadlines[payment.pk] - now)
+            later.append(Reschedule(payment.pk, payment.attempts, delay, count_try=False))
+    report.deferred = len(held)
+
+    gateway = _gateway() if payments else None
+    calls = failures = 0
     resend: list[Payment] = []
-    postpone: list[tuple[uuid.UUID, int]] = []
     for payment in payments:
+        assert gateway is not None
+        calls += 1
         try:
             record = gateway.find_charge(payment.gateway_idempotency_key(payment.attempts))
-        except GatewayLookupError:
-            logger.warning("reconcile: lookup failed for %s, will ask again", payment.pk)
-            postpone.append((payment.pk, payment.attempts))
+        except GatewayLookupError as exc:
+            logger.warning("reconcile: lookup failed for %s, will ask again: %s", payment.pk, exc)
+            failures += 1
+            ask_later(payment, "lookup_failed")
             continue
-        if record is None:
-            resend.append(payment)
-        else:
+        if record is not None:
             report.found += 1
             writes.append(record_write(payment, record))
+        elif now >= deadlines[payment.pk]:
+            # The gateway may have forgotten the key: "no charge" proves nothing, and a re-send could charge.
+            writes.append(decision_write(payment, inconclusive({"lookup": "absent"})))
+        else:
+            resend.append(payment)
     if resend:
+        assert gateway is not None
         _assert_outside_transaction()
         report.resent = len(resend)
+        calls += len(resend)
         outcomes = gateway.charge_many([charge_request(p) for p in resend])
         for payment, outcome in zip(resend, outcomes, strict=True):
-            if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.DECLINED):
-                writes.append(outcome_write(payment, outcome))
+            failures += _is_gateway_failure(outcome)
+            decision = decide(
+                outcome,
+                phase=Phase.RESEND,
+                budget=retry_budget(payment),
+                now=now,
+                reconcile_tries=payment.reconcile_attempts,
+                reconcile_deadline_at=deadlines[payment.pk],
+            )
+            if decision.to_status == Status.RECONCILING:
+                assert decision.next_attempt_in is not None
+                later.append(Reschedule(payment.pk, payment.attempts, decision.next_attempt_in, count_try=True))
             else:
-                postpone.append((payment.pk, payment.attempts))
-    report.recorded = len(record_outcomes(writes, from_status=Status.RECONCILING, actor=RECONCILER_ACTOR))
-    report.postponed = postpone_payments(postpone, status=Status.RECONCILING, delay=RECONCILE_RETRY_DELAY)
+                writes.append(decision_write(payment, decision))
+    written = record_outcomes(writes, from_status=Status.RECONCILING, actor=RECONCILER_ACTOR)
+    report.recorded = len(written)
+    report.dead_lettered = sum(1 for w in writes if w.to_status == Status.DEAD_LETTERED and w.payment_id in written)
+    report.postponed = reschedule_waiting(later, status=Status.RECONCILING)
+    if calls:
+        circuit_record(circuit, calls=calls, failures=failures, probe=admission.probe)
+    elif admission.probe:
+        circuit_abandon_probe(circuit)
     logger.info("reconcile %s", report.as_dict())
     return report
 
@@ -463,8 +559,10 @@ SWEEP_TASK = "payments.tasks.sweep_due_payments_task"
 EXECUTE_TASK = "payments.tasks.execute_payments_task"
 RECONCILE_TASK = "payments.tasks.reconcile_payments_task"
 IDEMPOTENCY_PURGE_TASK = "payments.tasks.idempotency_purge_task"
+DEAD_LETTER_DRAIN_TASK = "payments.tasks.drain_dead_letters_task"
 SWEEP_PERIODIC_TASK_NAME = "payments: sweep due payments"
 IDEMPOTENCY_PURGE_PERIODIC_TASK_NAME = "payments: purge expired idempotency keys"
+DEAD_LETTER_DRAIN_PERIODIC_TASK_NAME = "payments: record dead-lettered messages"
 
 
 def interval_every_period(seconds: float) -> tuple[int, str]:
@@ -506,5 +604,17 @@ def periodic_tasks_ensure() -> None:
             "expire_seconds": 1800,
             "enabled": True,
             "description": "Deletes Idempotency-Key records past their retention.",
+        },
+    )
+    drain_every, drain_period = interval_every_period(settings.DEAD_LETTER_DRAIN_INTERVAL_SECONDS)
+    drain_interval, _ = IntervalSchedule.objects.get_or_create(every=drain_every, period=drain_period)
+    PeriodicTask.objects.update_or_create(
+        name=DEAD_LETTER_DRAIN_PERIODIC_TASK_NAME,
+        defaults={
+            "task": DEAD_LETTER_DRAIN_TASK,
+            "interval": drain_interval,
+            "expire_seconds": max(1, round(settings.DEAD_LETTER_DRAIN_INTERVAL_SECONDS)),
+            "enabled": True,
+            "description": "Records messages RabbitMQ dead-lettered, for operators (docs/operations.md).",
         },
     )

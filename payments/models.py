@@ -27,6 +27,11 @@ class Payment(models.Model):
     payee_name = SensitiveTextField()
     payee_account = SensitiveTextField()
     payee_account_last4 = models.CharField(max_length=4)
+    # HMAC-SHA256 of the normalised account under FIELD_HMAC_KEY (payments.crypto.payee_account_hmac):
+    # support's exact-match search, without the account in clear. "" until backfilled (migration 0003,
+    # manage.py rehash_payee_accounts); db_default so rows inserted by older code still insert.
+    # Indexed by payment_payee_account_hmac_idx (one btree; db_index=True would add a useless LIKE index).
+    payee_account_hmac = models.CharField(max_length=64, default="", db_default="", editable=False)
     description = SensitiveTextField(blank=True, default="")
     metadata = SensitiveJSONField(default=dict, blank=True)
     payment_method = SensitiveTextField(help_text="The gateway's token for the payer's payment method.")
@@ -44,6 +49,14 @@ class Payment(models.Model):
     gateway_reference = models.CharField(max_length=100, blank=True, default="")
     failure_code = models.CharField(max_length=64, blank=True, default="")
     failure_message = models.CharField(max_length=255, blank=True, default="")
+    # Failure handling (payments/retry_policy.py). db_default: rows inserted by raw SQL still insert.
+    # Inconclusive reconciliation tries of the current attempt: the rung of the reconcile ladder.
+    reconcile_attempts = models.PositiveIntegerField(default=0, db_default=0)
+    # Why the engine gave up (retry_policy.DeadLetterReason), set with status dead_lettered; operators only.
+    dead_letter_reason = models.CharField(max_length=64, blank=True, default="", db_default="")
+    # An operator's re-drive starts a fresh retry budget: attempts and age count from here.
+    redrive_attempt = models.PositiveIntegerField(default=0, db_default=0)
+    redriven_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -69,7 +82,17 @@ class Payment(models.Model):
                 name="payment_retry_due_idx",
             ),
             # A user's listing: "WHERE owner_id = ? ORDER BY scheduled_for, id" with keyset pagination.
+            # Also the per-user daily-amount limit (owner, one UTC day of scheduled_for).
             models.Index(fields=["owner", "scheduled_for", "id"], name="payment_owner_listing_idx"),
+            # Support's search by payee account (exact HMAC match).
+            models.Index(fields=["payee_account_hmac"], name="payment_payee_account_hmac_idx"),
+            # The per-user pending limit: "count(*) WHERE owner_id = ? AND status IN (scheduled, dispatched)",
+            # an index-only scan over at most the limit's worth of entries, whatever the user's history.
+            models.Index(
+                fields=["owner"],
+                condition=Q(status__in=["scheduled", "dispatched"]),
+                name="payment_owner_pending_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -136,3 +159,71 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key} ({self.state})"
+
+
+# --- Failure handling: operators' views, dead messages, the circuit breaker (docs/operations.md) ---------
+
+
+class DeadLetteredPaymentManager(models.Manager["DeadLetteredPayment"]):
+    def get_queryset(self) -> models.QuerySet[DeadLetteredPayment]:
+        return super().get_queryset().filter(status=Status.DEAD_LETTERED)
+
+
+class DeadLetteredPayment(Payment):
+    """Payments the engine gave up on, for the operations admin (``payments/admin_operations.py``)."""
+
+    objects = DeadLetteredPaymentManager()  # type: ignore[misc]
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead-lettered payment"
+        permissions = [
+            ("operate_deadletteredpayment", "Can re-drive and resolve dead-lettered payments"),
+        ]
+
+
+class DeadLetter(models.Model):
+    """A message RabbitMQ dead-lettered (rejected, or over its delivery limit), recorded by ``drain_dead_letters``.
+
+    Tasks carry only ids, and nothing else of the body is kept: no personal data here.
+    The payments a dead message named are not lost with it: their lease brings them back.
+    """
+
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # sha256 of the body and the death record: a message recorded twice (crash before the ack) is one row.
+    fingerprint = models.CharField(max_length=64, unique=True)
+    task_name = models.CharField(max_length=200, blank=True, default="")
+    task_id = models.CharField(max_length=100, blank=True, default="")
+    queue = models.CharField(max_length=100, blank=True, default="")
+    reason = models.CharField(max_length=50, blank=True, default="")  # x-death: rejected, delivery_limit, expired
+    death_count = models.PositiveIntegerField(default=0)
+    payment_ids = models.JSONField(default=list, blank=True)
+    body_bytes = models.PositiveIntegerField(default=0)
+    detail = models.JSONField(default=dict, blank=True)  # content type, exchange, routing keys: no payload
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"dead letter {self.task_name or '?'} ({self.reason or '?'}) at {self.received_at:%Y-%m-%dT%H:%M:%SZ}"
+
+
+class GatewayCircuit(models.Model):
+    """The circuit breaker of one gateway, shared by every worker process (``payments/circuit.py``)."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed"
+        OPEN = "open"
+        HALF_OPEN = "half_open"
+
+    name = models.CharField(max_length=50, primary_key=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CLOSED)
+    window_started_at = models.DateTimeField(default=timezone.now)
+    window_calls = models.PositiveIntegerField(default=0)
+    window_failures = models.PositiveIntegerField(default=0)
+    opened_until = models.DateTimeField(null=True, blank=True)
+    probe_started_at = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.state}"

@@ -52,7 +52,7 @@ def decode_cursor(text: str) -> Cursor:
         if scheduled_for.tzinfo is None:
             raise ValueError("naive instant")
         return Cursor(scheduled_for=scheduled_for.astimezone(UTC), id=uuid.UUID(identifier))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):  # Overflow: no such instant in UTC
         raise ProblemError.invalid(
             "cursor", ErrorCode.INVALID_CURSOR, "The cursor is not valid; use the `next` link of a previous page."
         ) from None

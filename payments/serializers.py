@@ -17,7 +17,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
@@ -102,7 +102,7 @@ class PaymentSerializer(serializers.Serializer):  # type: ignore[type-arg]
             return None
         return {"code": payment.failure_code or "unknown", "message": payment.failure_message}
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_gateway_reference(self, payment: Payment) -> str | None:
         return payment.gateway_reference or None
 
@@ -210,10 +210,12 @@ class PaymentCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     time_zone = serializers.CharField(
         required=False, allow_null=True, help_text="IANA zone name; required when scheduled_for has no offset."
     )
-    on_nonexistent_time = serializers.ChoiceField(choices=list(NONEXISTENT_POLICIES), default="reject")
-    on_ambiguous_time = serializers.ChoiceField(choices=list(AMBIGUOUS_POLICIES), default="earlier")
+    # allow_null: null means "left out" for every optional field (found missing here by fuzzing).
+    on_nonexistent_time = serializers.ChoiceField(choices=list(NONEXISTENT_POLICIES), default="reject", allow_null=True)
+    on_ambiguous_time = serializers.ChoiceField(choices=list(AMBIGUOUS_POLICIES), default="earlier", allow_null=True)
     metadata = serializers.DictField(
-        child=serializers.CharField(max_length=500),
+        # allow_blank: "" is a valid value (the contract limits only the length; found by fuzzing).
+        child=serializers.CharField(max_length=500, allow_blank=True),
         required=False,
         allow_null=True,
         help_text="Flat object of at most 20 string values (keys up to 40 characters, values up to 500).",
@@ -549,7 +551,11 @@ def _parse_instant_filter(name: str, raw: str | None, out: _Collector) -> dateti
         return None
     try:
         value = datetime.fromisoformat(raw) if len(raw) <= 64 else None
-    except ValueError:
+        if value is not None and value.tzinfo is not None:
+            # In UTC: PostgreSQL refuses offsets beyond +-15:59 (Python takes up to 23:59), and an
+            # instant at the edge of year 1 or 9999 may not exist in UTC at all (found by fuzzing: a 500).
+            value = value.astimezone(UTC)
+    except (ValueError, OverflowError):
         value = None
     if value is None or value.tzinfo is None:
         out.add(name, ErrorCode.INVALID_FILTER, f"{name} must be an RFC 3339 instant with Z or an offset.")

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import User
 from audit.services import audit_record
 
-from .error_codes import ErrorCode, ProblemError
+from .crypto import payee_account_hmac
+from .currencies import format_minor_units, to_minor_units
+from .error_codes import ErrorCode, FieldError, ProblemError
 from .models import IdempotencyRecord, Payment
 from .state_machine import apply_transition, lock_payment, record_creation
-from .statuses import CANCELABLE_STATUSES, Status
+from .statuses import CANCELABLE_STATUSES, INTERNAL_STATUSES, PublicStatus, Status
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +81,93 @@ def account_last4(account: str) -> str:
     return "".join(char for char in account if char.isalnum())[-4:]
 
 
+# Payments that count against PAYMENTS_MAX_PENDING_PER_USER: public status "scheduled"
+# (the index payment_owner_pending_idx has the same condition).
+PENDING_STATUSES = tuple(INTERNAL_STATUSES[PublicStatus.SCHEDULED])
+# Payments that do not count against PAYMENTS_MAX_DAILY_AMOUNT: they will never move money.
+NOT_MOVING_MONEY = (Status.CANCELED, Status.FAILED)
+# pg_advisory_xact_lock(namespace, user id): the two-int4 key space, apart from the sweep's bigint key.
+_CREATE_LOCK_NAMESPACE = zlib.crc32(b"payments.payment_create") & 0x7FFFFFFF
+
+
+def _lock_owner_for_create(owner_id: int) -> None:
+    """Serialise one user's payment creations until the transaction ends (limits are check-then-insert).
+
+    A transaction-scoped advisory lock rather than ``SELECT ... FOR UPDATE`` on the user's
+    row: it lives only in PostgreSQL's lock table (no write to the user's heap page, no
+    WAL), and it conflicts with nothing else, whereas a row lock on ``accounts_user``
+    would also block the ``FOR KEY SHARE`` lock every payment insert takes on its owner
+    (the foreign-key check), token bookkeeping and admin edits of that user. Only
+    requests of the same user wait for each other, for the few milliseconds of a create.
+    Users whose ids are equal modulo 2**31 share a lock: harmless, only a little waiting.
+    SQLite (laptops) needs nothing: its write transactions are already serialised
+    (``transaction_mode IMMEDIATE``).
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CREATE_LOCK_NAMESPACE, owner_id % 2_147_483_648])
+
+
+def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
+    """422 when this payment would exceed the user's pending count or daily amount (call under the lock)."""
+    max_pending = int(settings.PAYMENTS_MAX_PENDING_PER_USER)
+    # COUNT over at most max_pending + 1 rows, from the partial index: cheap whatever the history.
+    pending = Payment.objects.filter(owner_id=owner_id, status__in=PENDING_STATUSES)[: max_pending + 1].count()
+    if pending >= max_pending:
+        raise ProblemError(
+            ErrorCode.PENDING_PAYMENTS_LIMIT_EXCEEDED,
+            422,
+            f"You have {max_pending} scheduled payments, the most allowed at once; "
+            "schedule more once some have executed, or cancel some.",
+            extra={"limit": max_pending},
+        )
+    day_start = data.scheduled_for.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    limit_minor = to_minor_units(Decimal(settings.PAYMENTS_MAX_DAILY_AMOUNT), data.currency)
+    scheduled_that_day = (
+        Payment.objects.filter(
+            owner_id=owner_id,
+            scheduled_for__gte=day_start,
+            scheduled_for__lt=day_start + timedelta(days=1),
+            currency=data.currency,
+        )
+        .exclude(status__in=NOT_MOVING_MONEY)
+        .aggregate(total=Sum("amount_minor"))["total"]
+        or 0
+    )
+    if scheduled_that_day + data.amount_minor > limit_minor:
+        limit = format_minor_units(limit_minor, data.currency)
+        message = (
+            f"Payments scheduled for {day_start.date().isoformat()} (UTC) in {data.currency} may total at most "
+            f"{limit} {data.currency}; this one would exceed that."
+        )
+        raise ProblemError(
+            ErrorCode.DAILY_AMOUNT_LIMIT_EXCEEDED,
+            422,
+            message,
+            errors=[FieldError("amount", ErrorCode.DAILY_AMOUNT_LIMIT_EXCEEDED, message)],
+            extra={
+                "limit": limit,
+                "scheduled_that_day": format_minor_units(scheduled_that_day, data.currency),
+            },
+        )
+
+
 def payment_create(*, owner: User, data: PaymentDraft, actor: str, now: datetime | None = None) -> Payment:
     """Create a scheduled payment and the first event of its timeline, in one transaction.
 
     ``now`` is the creation instant (default: this process's clock, as for every
     later transition, so the timeline stays in order). The sweep finds the payment
     by ``scheduled_for``: nothing is queued here.
+
+    The user's limits (``PAYMENTS_MAX_PENDING_PER_USER``, ``PAYMENTS_MAX_DAILY_AMOUNT``)
+    are checked here, so every entry point (API, admin, commands, scripts) gets them,
+    under a per-user lock held until the transaction commits: parallel requests of
+    one user cannot together pass a limit that each alone would respect.
     """
     now = now or timezone.now()
     with transaction.atomic():
+        _lock_owner_for_create(owner.pk)
+        _enforce_limits(owner.pk, data)
         payment = Payment.objects.create(
             owner=owner,
             amount_minor=data.amount_minor,
@@ -92,6 +176,7 @@ def payment_create(*, owner: User, data: PaymentDraft, actor: str, now: datetime
             payee_name=data.payee_name,
             payee_account=data.payee_account,
             payee_account_last4=account_last4(data.payee_account),
+            payee_account_hmac=payee_account_hmac(data.payee_account),
             description=data.description,
             metadata=data.metadata,
             scheduled_for=data.scheduled_for,

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .models import Payment, PaymentEvent
@@ -171,6 +171,19 @@ class OutcomeWrite:
     # For retry_scheduled / reconciling: when the next try is due, from now.
     next_attempt_in: timedelta | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    # For dead_lettered: why the engine gave up (retry_policy.DeadLetterReason).
+    dead_letter_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Reschedule:
+    """Push one waiting payment's next try, if it is still at ``attempt`` (no status change, no event)."""
+
+    payment_id: uuid.UUID
+    attempt: int
+    delay: timedelta
+    # An inconclusive reconciliation try: climb one rung of the ladder (``reconcile_attempts + 1``).
+    count_try: bool = False
 
 
 def _check_allowed(from_status: str, to_status: str) -> None:
@@ -189,6 +202,8 @@ def _outcome_changes(write: OutcomeWrite, now: datetime) -> dict[str, Any]:
         changes["gateway_reference"] = write.gateway_reference
     if write.to_status == Status.SUCCEEDED:
         changes["executed_at"] = now
+    if write.to_status == Status.DEAD_LETTERED:
+        changes["dead_letter_reason"] = write.dead_letter_reason or write.reason
     return changes
 
 
@@ -345,6 +360,7 @@ class _PortableBatch:
                         "attempts": payment.attempts + 1,
                         "lease_expires_at": now + lease,
                         "next_attempt_at": None,
+                        "reconcile_attempts": 0,
                     },
                     now=now,
                 )
@@ -383,8 +399,55 @@ class _PortableBatch:
             )
         return count
 
+    def reschedule(self, items: Sequence[Reschedule], *, status: str) -> int:
+        now = timezone.now()
+        count = 0
+        for item in items:
+            updates: dict[str, Any] = {
+                "lease_expires_at": None,
+                "next_attempt_at": now + item.delay,
+                "updated_at": now,
+            }
+            if item.count_try:
+                updates["reconcile_attempts"] = F("reconcile_attempts") + 1
+            count += Payment.objects.filter(pk=item.payment_id, status=status, attempts=item.attempt).update(**updates)
+        return count
+
+    def defer(self, ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
+        moved = self._move(
+            sorted(ids),
+            to=Status.DISPATCHED,
+            actor=actor,
+            reason=reason,
+            expected_from={Status.DISPATCHED},
+            changes=lambda p, now: {"lease_expires_at": now + delay},
+        )
+        now = timezone.now()
+        waiting = list(
+            Payment.objects.filter(pk__in=list(ids), status=Status.RETRY_SCHEDULED).values_list("pk", flat=True)
+        )
+        Payment.objects.filter(pk__in=waiting, status=Status.RETRY_SCHEDULED).update(
+            lease_expires_at=None, next_attempt_at=now + delay, updated_at=now
+        )
+        return [p.pk for p in moved] + waiting
+
 
 # The SQL below names the tables literally (tests check them against the models' db_table).
+
+
+# What a submission needs of each payment: the charge request, and the retry budget (retry_policy).
+SUBMISSION_FIELDS = (
+    "id",
+    "attempts",
+    "amount_minor",
+    "currency",
+    "payment_method",
+    "status",
+    "scheduled_for",
+    "redrive_attempt",
+    "redriven_at",
+    "reconcile_attempts",
+)
 
 
 class _PostgresBatch:
@@ -542,7 +605,8 @@ class _PostgresBatch:
         ), moved AS (
             UPDATE payments_payment AS p
             SET status = 'submitting', attempts = p.attempts + 1, updated_at = statement_timestamp(),
-                lease_expires_at = statement_timestamp() + %(lease)s, next_attempt_at = NULL
+                lease_expires_at = statement_timestamp() + %(lease)s, next_attempt_at = NULL,
+                reconcile_attempts = 0
             FROM ready WHERE p.id = ready.id AND p.status = ready.status
             RETURNING p.id, p.attempts, ready.status AS from_status
         ), events AS (
@@ -563,11 +627,7 @@ class _PostgresBatch:
             moved = {row[0]: row[1] for row in rows}
             # One more round trip for the fields a charge needs, through the ORM so that
             # sensitive fields are read the way their field classes decode them.
-            submitting = list(
-                Payment.objects.filter(pk__in=list(moved)).only(
-                    "id", "attempts", "amount_minor", "currency", "payment_method", "status"
-                )
-            )
+            submitting = list(Payment.objects.filter(pk__in=list(moved)).only(*SUBMISSION_FIELDS))
         not_yet_due: list[tuple[uuid.UUID, float]] = []
         rest = [pid for pid in ids if pid not in moved]
         if rest:
@@ -595,8 +655,8 @@ class _PostgresBatch:
                 SELECT * FROM unnest(
                     %(ids)s::uuid[], %(attempts)s::int[], %(to)s::text[], %(reasons)s::text[],
                     %(refs)s::text[], %(codes)s::text[], %(messages)s::text[], %(delays)s::float8[],
-                    %(data)s::text[]
-                ) AS v(id, attempt, to_status, reason, ref, code, message, delay, data)
+                    %(data)s::text[], %(dead_reasons)s::text[]
+                ) AS v(id, attempt, to_status, reason, ref, code, message, delay, data, dead_reason)
             ), locked AS MATERIALIZED (
                 SELECT p.id FROM payments_payment AS p JOIN v ON v.id = p.id
                 WHERE p.status = %(from)s AND p.attempts = v.attempt
@@ -609,7 +669,9 @@ class _PostgresBatch:
                                            ELSE statement_timestamp() + v.delay * interval '1 second' END,
                     executed_at = CASE WHEN v.to_status = 'succeeded' THEN statement_timestamp() ELSE p.executed_at END,
                     gateway_reference = CASE WHEN v.ref <> '' THEN v.ref ELSE p.gateway_reference END,
-                    failure_code = v.code, failure_message = v.message
+                    failure_code = v.code, failure_message = v.message,
+                    dead_letter_reason = CASE WHEN v.to_status = 'dead_lettered' THEN v.dead_reason
+                                              ELSE p.dead_letter_reason END
                 FROM v JOIN locked ON locked.id = v.id
                 WHERE p.id = v.id AND p.status = %(from)s AND p.attempts = v.attempt
                 RETURNING p.id, p.attempts, v.to_status, v.reason, v.data
@@ -630,6 +692,7 @@ class _PostgresBatch:
             "messages": [w.failure_message[:255] for w in writes],
             "delays": [w.next_attempt_in.total_seconds() if w.next_attempt_in is not None else None for w in writes],
             "data": [json.dumps(dict(w.data)) for w in writes],
+            "dead_reasons": [w.dead_letter_reason or w.reason for w in writes],
             "from": from_status,
             "actor": actor,
         }
@@ -657,6 +720,63 @@ class _PostgresBatch:
                 },
             )
             return int(cursor.rowcount)
+
+    def reschedule(self, items: Sequence[Reschedule], *, status: str) -> int:
+        if not items:
+            return 0
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE payments_payment AS p
+                SET lease_expires_at = NULL, updated_at = statement_timestamp(),
+                    next_attempt_at = statement_timestamp() + v.delay * interval '1 second',
+                    reconcile_attempts = p.reconcile_attempts + v.tried
+                FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(delays)s::float8[], %(tried)s::int[])
+                     AS v(id, attempt, delay, tried)
+                WHERE p.id = v.id AND p.attempts = v.attempt AND p.status = %(status)s
+                """,
+                {
+                    "ids": [item.payment_id for item in items],
+                    "attempts": [item.attempt for item in items],
+                    "delays": [item.delay.total_seconds() for item in items],
+                    "tried": [1 if item.count_try else 0 for item in items],
+                    "status": status,
+                },
+            )
+            return int(cursor.rowcount)
+
+    DEFER_SQL = """
+        WITH held AS MATERIALIZED (
+            SELECT id FROM payments_payment
+            WHERE id = ANY(%(ids)s) AND status = 'dispatched'
+            ORDER BY id
+            FOR UPDATE
+        ), moved AS (
+            UPDATE payments_payment AS p
+            SET lease_expires_at = statement_timestamp() + %(delay)s, updated_at = statement_timestamp()
+            FROM held WHERE p.id = held.id AND p.status = 'dispatched'
+            RETURNING p.id, p.attempts
+        ), events AS (
+            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
+            SELECT id, statement_timestamp(), 'dispatched', 'dispatched', %(reason)s, %(actor)s, attempts, '{}'::jsonb
+            FROM moved
+        ), waiting AS (
+            UPDATE payments_payment AS p
+            SET lease_expires_at = NULL, next_attempt_at = statement_timestamp() + %(delay)s,
+                updated_at = statement_timestamp()
+            WHERE p.id = ANY(%(ids)s) AND p.status = 'retry_scheduled'
+            RETURNING p.id
+        )
+        SELECT id FROM moved UNION ALL SELECT id FROM waiting
+    """
+
+    def defer(self, ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
+        if not ids:
+            return []
+        _check_allowed(Status.DISPATCHED, Status.DISPATCHED)
+        with transaction.atomic():
+            rows = self._fetch(self.DEFER_SQL, {"ids": list(ids), "delay": delay, "actor": actor, "reason": reason})
+        return [row[0] for row in rows]
 
 
 _Backend = _PortableBatch | _PostgresBatch
@@ -721,3 +841,20 @@ def record_outcomes(writes: Sequence[OutcomeWrite], *, from_status: str, actor: 
 def postpone_payments(items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
     """Push the next try of payments still ``status`` at that attempt; no status change, no event."""
     return _batch_backend().postpone(items, status=status, delay=delay)
+
+
+def reschedule_waiting(items: Sequence[Reschedule], *, status: str) -> int:
+    """Like ``postpone_payments``, each with its own delay, optionally climbing the reconcile ladder."""
+    if status not in (Status.RETRY_SCHEDULED, Status.RECONCILING):
+        raise ValueError(f"{status} payments do not wait for a next attempt")
+    return _batch_backend().reschedule(items, status=status)
+
+
+def defer_payments(ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
+    """Hold payments back without beginning an attempt (the gateway's circuit is open).
+
+    ``dispatched`` ones stay dispatched (still cancelable) with their lease pushed ``delay`` ahead,
+    with an event (``dispatched → dispatched``, ``reason``); when it expires the sweep publishes them
+    again. ``retry_scheduled`` ones get ``next_attempt_at`` pushed. No attempt is used or counted.
+    """
+    return _batch_backend().defer(ids, delay=delay, actor=actor, reason=reason)

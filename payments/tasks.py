@@ -16,6 +16,11 @@ from . import execution
 # A database that is briefly unreachable is worth a few quick retries; anything else is a bug
 # and fails loudly (the claim's lease brings the payment back either way).
 _DB_ERRORS = (OperationalError, InterfaceError)
+# A task that fails (a bug, a poison message) is rejected rather than acknowledged
+# (acks_on_failure_or_timeout=False): RabbitMQ moves it to the dead-letter queue, where
+# ``drain_dead_letters`` records it for operators. Celery's default (acknowledge on failure)
+# would drop it without a trace.
+_REJECT_ON_FAILURE = False
 
 
 @shared_task(name=execution.SWEEP_TASK, ignore_result=True, acks_late=False)
@@ -32,6 +37,7 @@ def sweep_due_payments_task() -> dict[str, Any]:
     autoretry_for=_DB_ERRORS,
     max_retries=3,
     default_retry_delay=1,
+    acks_on_failure_or_timeout=_REJECT_ON_FAILURE,
 )
 def execute_payments_task(payment_ids: list[str]) -> dict[str, Any]:
     return execution.payments_execute(payment_ids).as_dict()
@@ -45,6 +51,7 @@ def execute_payments_task(payment_ids: list[str]) -> dict[str, Any]:
     autoretry_for=_DB_ERRORS,
     max_retries=3,
     default_retry_delay=1,
+    acks_on_failure_or_timeout=_REJECT_ON_FAILURE,
 )
 def reconcile_payments_task(payment_ids: list[str]) -> dict[str, Any]:
     return execution.payments_reconcile(payment_ids).as_dict()
@@ -55,3 +62,10 @@ def idempotency_purge_task() -> int:
     from .services import idempotency_purge_expired  # the API's service; imported when run
 
     return idempotency_purge_expired()
+
+
+@shared_task(name=execution.DEAD_LETTER_DRAIN_TASK, ignore_result=True, acks_late=True)
+def drain_dead_letters_task() -> int:
+    from .dead_letters import dead_letters_drain
+
+    return dead_letters_drain()

@@ -101,6 +101,7 @@ _IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     required=True,
+    pattern=r"^[ -~]{1,255}$",  # what idempotency.idempotency_key_from accepts (found missing by fuzzing)
     description=(
         "1-255 printable ASCII characters, unique per payment (a UUID is ideal); send the same key when retrying. "
         "Keys are scoped to your user and kept for at least 24 hours. The same key with the same body replays the "
@@ -142,7 +143,7 @@ _LIST_PARAMETERS = [
     ),
     OpenApiParameter(
         "limit",
-        OpenApiTypes.INT,
+        {"type": "integer", "minimum": 1},  # 0 or less is 422 invalid_filter
         OpenApiParameter.QUERY,
         description=f"Page size, default {DEFAULT_LIMIT}; larger values are reduced to {MAX_LIMIT}.",
     ),
@@ -215,7 +216,21 @@ class PaymentCollectionView(APIView):
         examples=[_CREATE_EXAMPLE],
         responses={
             201: OpenApiResponse(PaymentSerializer, description="Scheduled (or the replay of an earlier success)."),
-            **_problems(400, 401, 409, 413, 415, 422, 429, s409="`idempotency_key_in_use`: retry shortly."),
+            **_problems(
+                400,
+                401,
+                409,
+                413,
+                415,
+                422,
+                429,
+                s409="`idempotency_key_in_use`: retry shortly.",
+                s422=(
+                    "Validation failed (`code` is the first problem's code, `errors` lists them all); or a per-user "
+                    "limit: `pending_payments_limit_exceeded` (too many scheduled payments at once), "
+                    "`daily_amount_limit_exceeded` (the total scheduled for that UTC day in that currency)."
+                ),
+            ),
         },
         tags=["payments"],
     )

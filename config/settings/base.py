@@ -199,6 +199,36 @@ GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8700")
 GATEWAY_TIMEOUT_SECONDS = env.float("GATEWAY_TIMEOUT_SECONDS", default=10.0)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 
+# Failure handling (payments/retry_policy.py, payments/circuit.py; docs/operations.md has the ladders).
+# Retries of an attempt proven not charged: full jitter, delay = uniform(0, min(cap, base * 2**n)) for the
+# n-th retry (n = 0 first), never earlier than a 429/503 Retry-After. A payment dead-letters after
+# RETRY_MAX_ATTEMPTS attempts or when its next try would start more than RETRY_MAX_AGE_SECONDS after its
+# due instant (or after an operator's re-drive).
+RETRY_BASE_SECONDS = env.float("RETRY_BASE_SECONDS", default=5.0)
+RETRY_CAP_SECONDS = env.float("RETRY_CAP_SECONDS", default=300.0)
+RETRY_MAX_ATTEMPTS = env.int("RETRY_MAX_ATTEMPTS", default=8)
+RETRY_MAX_AGE_SECONDS = env.float("RETRY_MAX_AGE_SECONDS", default=6 * 3600.0)
+# Unknown outcomes are asked about again after each rung (seconds); the last rung repeats.
+RECONCILE_LADDER_SECONDS = [float(s) for s in env.list("RECONCILE_LADDER_SECONDS", default=["10", "60", "600", "3600"])]
+# How long the gateway remembers an idempotency key (Stripe: 24 h). Past it a lookup that finds
+# nothing proves nothing and a re-send could charge again, so reconciliation stops (dead letter) at
+# RECONCILE_RETENTION_SAFETY of it, counted from the attempt's first submission.
+GATEWAY_IDEMPOTENCY_RETENTION_HOURS = env.float("GATEWAY_IDEMPOTENCY_RETENTION_HOURS", default=24.0)
+RECONCILE_RETENTION_SAFETY = env.float("RECONCILE_RETENTION_SAFETY", default=0.9)
+# Circuit breaker per gateway, shared by every worker (a row in PostgreSQL): opens when, within one
+# window, at least CIRCUIT_MIN_CALLS calls were made and CIRCUIT_FAILURE_RATIO of them were retryable or
+# unknown; stays open CIRCUIT_OPEN_SECONDS, then lets one probe batch of CIRCUIT_PROBE_SIZE through.
+CIRCUIT_WINDOW_SECONDS = env.float("CIRCUIT_WINDOW_SECONDS", default=30.0)
+CIRCUIT_MIN_CALLS = env.int("CIRCUIT_MIN_CALLS", default=20)
+CIRCUIT_FAILURE_RATIO = env.float("CIRCUIT_FAILURE_RATIO", default=0.5)
+CIRCUIT_OPEN_SECONDS = env.float("CIRCUIT_OPEN_SECONDS", default=30.0)
+CIRCUIT_PROBE_SIZE = env.int("CIRCUIT_PROBE_SIZE", default=5)
+# How often a housekeeping task records what RabbitMQ dead-lettered (manage.py drain_dead_letters).
+DEAD_LETTER_DRAIN_INTERVAL_SECONDS = env.int("DEAD_LETTER_DRAIN_INTERVAL_SECONDS", default=60)
+# FAULT INJECTION, tests only (inert at 0): a worker sleeps this long after the gateway answered and
+# before it records the outcomes, so a test can SIGKILL it in that window. Never set in production.
+FAULT_PAUSE_AFTER_GATEWAY_SECONDS = env.float("PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS", default=0.0)
+
 # --- Celery ------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 # Queues, exchanges and their arguments are declared in config/celery.py; docs/execution.md
@@ -283,7 +313,8 @@ LOGGING = {
         # Our services log what they did (payments.execution) when they did something.
         "celery.app.trace": {"level": env.str("CELERY_TRACE_LOG_LEVEL", default="WARNING")},
         "celery.worker.strategy": {"level": "WARNING"},
-        "celery.beat": {"level": "WARNING"},
+        # INFO shows each "Sending due task" (tests/engine's fixtures set it to see a beat start).
+        "celery.beat": {"level": env.str("CELERY_BEAT_LOG_LEVEL", default="WARNING")},
         # One line per HTTP request at INFO; the Stripe SDK's lower levels include request bodies.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},

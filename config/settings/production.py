@@ -13,6 +13,10 @@ SECRET_KEY = env.str("SECRET_KEY")  # no default: refuse to start without one
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS")  # no default: refuse to start without them
 if not FIELD_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("FIELD_ENCRYPTION_KEYS is empty: set one or more Fernet keys, newest first.")
+# The payee-account search HMAC key (docs/security.md §2): from the secret store, never derived.
+FIELD_HMAC_KEY = env.str("FIELD_HMAC_KEY")  # no default: refuse to start without it
+if len(FIELD_HMAC_KEY) < 32:
+    raise ImproperlyConfigured("FIELD_HMAC_KEY must be at least 32 characters of random data.")
 DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 

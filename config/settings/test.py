@@ -14,5 +14,6 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "user": env.str("THROTTLE_USER_RATE", default="100000/min"),
         "anon": env.str("THROTTLE_ANON_RATE", default="100000/min"),
+        "ip": env.str("THROTTLE_IP_RATE", default="100000/min"),
     },
 }

@@ -79,7 +79,7 @@ def test_it_answers_401_for_a_deactivated_user(owner):
 def strict_throttle(monkeypatch, settings):
     # DRF's throttles read their rates once, into a class attribute: overriding the
     # setting alone does not reach them, so the attribute is patched as well.
-    rates = {"user": "3/min", "anon": "3/min"}
+    rates = {"user": "3/min", "anon": "3/min", "ip": "1000/min"}  # the per-address throttle: tests/security
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", rates)
     cache.clear()

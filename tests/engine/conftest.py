@@ -68,6 +68,10 @@ def _rabbitmqctl(*args: str) -> None:
 
 
 def _point_celery_at(url: str) -> None:
+    # Celery reads CELERY_BROKER_URL from the environment before its own configuration
+    # (celery.app.utils.Settings.broker_url): set both, or this process would keep publishing to,
+    # and the engine fixture purging, the shared server's default vhost.
+    os.environ["CELERY_BROKER_URL"] = url
     celery_app.conf.update(broker_url=url)
     app: Any = celery_app  # private attributes: drop connections made to the previous URL
     if app._pool is not None:
@@ -99,11 +103,14 @@ def broker_url() -> Iterator[str]:
     """This session's vhost (same server and user as ``CELERY_BROKER_URL``); this process publishes there too."""
     with _private_vhost() as url:
         original = celery_app.conf.broker_url
+        original_env = os.environ.get("CELERY_BROKER_URL")
         _point_celery_at(url)
         try:
             yield url
         finally:
             _point_celery_at(original)
+            if original_env is None:
+                os.environ.pop("CELERY_BROKER_URL", None)
 
 
 @pytest.fixture
@@ -298,7 +305,8 @@ class Engine:
     def start_beat(self, **extra_env: str) -> EngineProcess:
         pidfile = self.tmp_path / f"beat{len(self.processes) + 1}.pid"
         args = ["--loglevel", "INFO", "--pidfile", str(pidfile), "-s", str(self.tmp_path / "beat-schedule")]
-        return self._start("beat", args, "Sending due task", extra_env)
+        # Settings quiet celery.beat; its "Sending due task" lines are how a test sees a beat at work.
+        return self._start("beat", args, "Sending due task", {"CELERY_BEAT_LOG_LEVEL": "INFO", **extra_env})
 
     def stop_all(self) -> None:
         for process in self.processes:

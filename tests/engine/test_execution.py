@@ -348,7 +348,8 @@ def test_ensure_schedules_follows_the_configured_interval(settings: Any) -> None
     periodic_tasks_ensure()  # idempotent
     sweep = PeriodicTask.objects.get(name=execution.SWEEP_PERIODIC_TASK_NAME)
     assert (sweep.interval.every, sweep.interval.period, sweep.expire_seconds) == (2, "seconds", 4)
-    assert PeriodicTask.objects.filter(task__startswith="payments.tasks.").count() == 2
+    # sweep, idempotency purge, dead-letter drain (docs/operations.md)
+    assert PeriodicTask.objects.filter(task__startswith="payments.tasks.").count() == 3
 
 
 @pytest.mark.django_db

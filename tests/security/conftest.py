@@ -82,6 +82,20 @@ def make_staff(db: None) -> Callable[..., User]:
 
 
 @pytest.fixture
+def staff_groups(db: None) -> None:
+    """The role groups, from the migration's own code: a transactional test elsewhere may have flushed them."""
+    import importlib
+    from types import SimpleNamespace
+
+    from django.db import connection
+    from django.db.migrations.loader import MigrationLoader
+
+    migration = importlib.import_module("accounts.migrations.0002_staff_roles")
+    state_apps = MigrationLoader(None, ignore_no_migrations=True).project_state(("accounts", "0002_staff_roles")).apps
+    migration.create_roles(state_apps, SimpleNamespace(connection=connection))
+
+
+@pytest.fixture
 def verified_client() -> Callable[[User], Client]:
     """A client logged in as ``user`` whose session is verified by a TOTP device (what the OTP login does)."""
 
