@@ -31,3 +31,7 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# Fault-injection hooks exist for the test drills only; a production process with one set refuses to start.
+if env.float("PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS", default=0.0) > 0:
+    raise ImproperlyConfigured("PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS is a test-only fault hook.")
