@@ -318,6 +318,7 @@ LOGGING = {
         # One line per HTTP request at INFO; the Stripe SDK's lower levels include request bodies.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
         "stripe": {"level": "WARNING"},
     },
 }

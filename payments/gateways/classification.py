@@ -24,6 +24,7 @@ from typing import Final
 
 import httpx
 import stripe
+import urllib3.exceptions
 
 from payments.currencies import CURRENCY_EXPONENTS
 from payments.gateways.base import ChargeOutcome, ChargeRequest, OutcomeKind
@@ -183,6 +184,28 @@ def classify_transport_error(exc: BaseException) -> ChargeOutcome:
 def never_sent(exc: BaseException) -> bool:
     """True only for errors that prove the request did not leave this process."""
     return transport_error_rule(exc).kind is RETRYABLE
+
+
+# --- Transport errors (urllib3: the sandbox adapter, retries disabled), checked in order ----------------
+# NewConnectionError and NameResolutionError subclass ConnectTimeoutError; urllib3 raises the three only from
+# connect(), before a byte is written. A pooled keep-alive connection the server already closed is replaced
+# before sending; one that dies under a request raises ProtocolError (or ReadTimeoutError), i.e. UNKNOWN.
+URLLIB3_ERROR_RULES: Final[tuple[tuple[type[Exception], Rule], ...]] = (
+    (urllib3.exceptions.ConnectTimeoutError, Rule(RETRYABLE, why="could not connect: the request was never sent")),
+    (urllib3.exceptions.EmptyPoolError, Rule(RETRYABLE, why="no free connection in the pool: never sent")),
+    (urllib3.exceptions.ClosedPoolError, Rule(RETRYABLE, why="the connection pool was closed: never sent")),
+    (urllib3.exceptions.ReadTimeoutError, Rule(UNKNOWN, why="sent, no answer in time: the gateway may have charged")),
+    (urllib3.exceptions.ProtocolError, Rule(UNKNOWN, why="connection lost before a complete answer")),
+    (urllib3.exceptions.IncompleteRead, Rule(UNKNOWN, why="the answer was cut short: the gateway may have charged")),
+)
+
+
+def classify_urllib3_error(exc: BaseException) -> ChargeOutcome:
+    """A urllib3 exception → outcome; anything not in the table is UNKNOWN."""
+    for exc_type, rule in URLLIB3_ERROR_RULES:
+        if isinstance(exc, exc_type):
+            return _outcome(rule, type(exc).__name__)
+    return _outcome(UNEXPECTED_ERROR_RULE, type(exc).__name__)
 
 
 # --- HTTP answers (sandbox gateway contract, shared/spec/API.md "Sandbox gateway") ---------------------

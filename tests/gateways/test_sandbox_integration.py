@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
@@ -112,7 +113,7 @@ def test_a_timeout_is_unknown_and_charges_nothing(sandbox, faults, make_request:
         impatient.close()
 
     assert outcome.kind is OutcomeKind.UNKNOWN
-    assert "ReadTimeout" in outcome.detail
+    assert outcome.detail.startswith("ReadTimeoutError")
     assert sandbox.charges_for_key(request.idempotency_key) == []
 
 
@@ -171,7 +172,7 @@ def test_a_stopped_gateway_is_retryable_and_lookups_fail_loudly(private_sandbox,
         outcome = adapter.charge(make_request())
 
         assert outcome.kind is OutcomeKind.RETRYABLE
-        assert "ConnectError" in outcome.detail
+        assert outcome.detail.startswith("NewConnectionError")
         with pytest.raises(GatewayLookupError):
             adapter.find_charge("pay_any:1")
     finally:
@@ -202,3 +203,69 @@ def test_charge_many_mixes_outcomes_without_losing_any(adapter, sandbox, make_re
 
     expected = [OutcomeKind.DECLINED if i % 3 == 0 else OutcomeKind.SUCCEEDED for i in range(30)]
     assert [outcome.kind for outcome in outcomes] == expected
+
+
+def test_a_restarted_gateway_costs_no_outcome(private_sandbox, make_request: MakeRequest, caplog):
+    adapter = SandboxGateway(base_url=private_sandbox.url, timeout=5.0, concurrency=16)
+    try:
+        # given warm keep-alive connections to a gateway that restarts between two batches
+        first = [make_request() for _ in range(16)]
+        assert {o.kind for o in adapter.charge_many(first)} == {OutcomeKind.SUCCEEDED}
+        private_sandbox.stop()
+        private_sandbox.start()
+        second = [make_request() for _ in range(16)]
+
+        with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+            outcomes = adapter.charge_many(second)
+
+        # every pooled connection the old process closed was replaced before a byte was written to it (the
+        # request provably never went out on it), so the batch goes through: no UNKNOWN to reconcile
+        assert {o.kind for o in outcomes} == {OutcomeKind.SUCCEEDED}
+        assert any("Resetting dropped connection" in r.getMessage() for r in caplog.records)
+        for request, outcome in zip(second, outcomes, strict=True):
+            [charge] = private_sandbox.charges_for_key(request.idempotency_key)
+            assert charge["id"] == outcome.reference
+    finally:
+        adapter.close()
+
+
+def test_under_mixed_faults_every_outcome_agrees_with_the_ledger(sandbox, faults, make_request: MakeRequest):
+    # 503 (nothing charged), hang past our timeout (nothing charged), dropped answer (charged): all in one batch
+    faults(error_rate=0.25, timeout_rate=0.15, drop_response_rate=0.25)
+    adapter = SandboxGateway(base_url=sandbox.url, timeout=0.5, concurrency=32)
+    requests = [make_request() for _ in range(120)]
+    before = sandbox.total_charges()
+    try:
+        outcomes = adapter.charge_many(requests)
+
+        seen: dict[str, int] = {}
+        for request, outcome in zip(requests, outcomes, strict=True):
+            record = adapter.find_charge(request.idempotency_key)  # lookups are never faulted
+            if outcome.kind is OutcomeKind.SUCCEEDED:
+                assert record is not None
+                assert record.reference == outcome.reference
+                seen["charged"] = seen.get("charged", 0) + 1
+                continue
+            charges = sandbox.charges_for_key(request.idempotency_key)
+            if outcome.kind is OutcomeKind.RETRYABLE:  # proven not charged
+                assert outcome.detail.startswith("HTTP 503"), outcome.detail
+                case = "refused"
+            elif outcome.detail.startswith("ReadTimeoutError"):  # the timeout fault never charges
+                assert outcome.kind is OutcomeKind.UNKNOWN
+                case = "timed out"
+            else:  # the drop fault charges, then closes the connection
+                assert outcome.kind is OutcomeKind.UNKNOWN
+                assert outcome.detail.startswith("ProtocolError"), outcome.detail
+                case = "dropped"
+            if case == "dropped":
+                [charge] = charges  # exactly once
+                assert record is not None
+                assert record.reference == charge["id"]
+            else:
+                assert charges == []
+                assert record is None
+            seen[case] = seen.get(case, 0) + 1
+        assert set(seen) == {"refused", "timed out", "dropped", "charged"}, seen
+        assert sandbox.total_charges() - before == seen["charged"] + seen["dropped"]
+    finally:
+        adapter.close()
