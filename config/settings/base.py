@@ -262,6 +262,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fix-up closes the database connection around every task unless this is
+# set; config/celery.py then recycles connections by CONN_MAX_AGE and health instead.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=100_000)
 # A task's message is acknowledged only when it has finished, and given back to the queue if
 # its worker process dies: at-least-once delivery; the tasks are idempotent (guarded by state).
 CELERY_TASK_ACKS_LATE = True
