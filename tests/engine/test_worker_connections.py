@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from celery.fixups.django import DjangoWorkerFixup
+from celery.fixups.django import DjangoWorkerFixup  # type: ignore[attr-defined]  # not in celery-types
 from django.db import connection
 
 from config.celery import _recycle_database_connections, app
