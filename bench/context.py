@@ -186,8 +186,8 @@ class Bench:
 
         harness = os.getpid()  # this process only: the stack's processes are its children
         self.sampler.add(ComponentSource("harness", pids=lambda: [harness]))
-        # Celery closes its database connection after every task (its Django fix-up ignores CONN_MAX_AGE):
-        # those backends live for a fraction of a second, so they are followed at 20 Hz.
+        # A backend may live for a fraction of a second (a worker that reconnects per task, as Celery's
+        # Django fix-up did before the workers kept their connections): they are followed at 20 Hz.
         self._pg_tracker = PidTracker(backends)
         self._pg_tracker.start()
         self.sampler.add(
@@ -328,7 +328,8 @@ class Bench:
             return count
         self.notes.append(
             f"{what}: {fits:,} payments instead of {count:,}: the API created {rate:.0f} payments/s on this machine,"
-            f" so {count:,} would have taken {count / rate / 60:.0f} min (budget {budget / 60:.0f} min); "
+            f" so {count:,} would have needed {count / rate * 1.15 / 60:.1f} min with a 15 % margin"
+            f" (budget {budget / 60:.0f} min); "
             "`--create-via sql` creates them directly in the table"
         )
         logger.warning("%s", self.notes[-1])
@@ -352,6 +353,18 @@ class Bench:
         if margin is None:
             margin = self.lookahead_seconds() + 15.0
         return float(math.ceil(time.time() + count / rate * 1.15 + 2 + margin))
+
+    def creation_deadline(self, due_ts: float) -> float:
+        """When creation must stop for a set due at ``due_ts``: before the sweep's look-ahead reaches it.
+
+        A payment created later would be claimed as it arrives instead of with the others, and its
+        claim and publish would be counted with the creation (with the default margin, 10 s of the
+        estimate's slack are left; ``--quick``'s 3 s margin stops 1 s before the due instant).
+        """
+        margin = self.sizes.margin_seconds
+        if margin is None:
+            margin = self.lookahead_seconds() + 15.0
+        return due_ts - max(1.0, margin - 10.0)
 
     def lookahead_seconds(self) -> float:
         from django.conf import settings

@@ -225,7 +225,7 @@ def run_burst(b: Bench) -> dict[str, Any]:
     logger.info("burst: %d payments due at %s (in %.0fs)", n, utc(due_ts).isoformat(), due_ts - time.time())
 
     creation = Window(b, "creation")
-    created = b.create_payments(label="burst", count=n, due=utc(due_ts), stop_at=due_ts - 1)
+    created = b.create_payments(label="burst", count=n, due=utc(due_ts), stop_at=b.creation_deadline(due_ts))
     creation.close()
     ids = created.created
     logger.info("burst: created %d at %.0f/s; %.0fs to the due instant", len(ids), created.rate, due_ts - time.time())
@@ -364,7 +364,9 @@ def run_steady(b: Bench) -> dict[str, Any]:
     start_ts = b.plan_due_instant(n)
     dues = [utc(start_ts + i / rate) for i in range(n)]
     logger.info("steady: %d payments at %.0f/s for %.0fs from %s", n, rate, seconds, dues[0].isoformat())
-    created = b.create_payments(label="steady", count=n, due=dues, stop_at=start_ts - 1, spacing=1 / rate)
+    created = b.create_payments(
+        label="steady", count=n, due=dues, stop_at=b.creation_deadline(start_ts), spacing=1 / rate
+    )
     ids = created.created
     if created.stopped_early or created.rejected:
         b.notes.append(f"steady: creation fell behind or was rejected: {created.as_dict()}")
