@@ -29,30 +29,25 @@ def sweep_due_payments_task() -> dict[str, Any]:
     return execution.payments_sweep().as_dict()
 
 
-@shared_task(
-    name=execution.EXECUTE_TASK,
-    ignore_result=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=_DB_ERRORS,
-    max_retries=3,
-    default_retry_delay=1,
-    acks_on_failure_or_timeout=_REJECT_ON_FAILURE,
-)
+# One policy for the tasks that move payments: acknowledged after the work, given back if the
+# worker dies, retried on database hiccups, dead-lettered (rejected) when they fail for good.
+_PAYMENT_TASK_OPTIONS: dict[str, Any] = {
+    "ignore_result": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": _DB_ERRORS,
+    "max_retries": 3,
+    "default_retry_delay": 1,
+    "acks_on_failure_or_timeout": _REJECT_ON_FAILURE,
+}
+
+
+@shared_task(name=execution.EXECUTE_TASK, **_PAYMENT_TASK_OPTIONS)
 def execute_payments_task(payment_ids: list[str]) -> dict[str, Any]:
     return execution.payments_execute(payment_ids).as_dict()
 
 
-@shared_task(
-    name=execution.RECONCILE_TASK,
-    ignore_result=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=_DB_ERRORS,
-    max_retries=3,
-    default_retry_delay=1,
-    acks_on_failure_or_timeout=_REJECT_ON_FAILURE,
-)
+@shared_task(name=execution.RECONCILE_TASK, **_PAYMENT_TASK_OPTIONS)
 def reconcile_payments_task(payment_ids: list[str]) -> dict[str, Any]:
     return execution.payments_reconcile(payment_ids).as_dict()
 
