@@ -1,33 +1,40 @@
 """Stripe-style ``Idempotency-Key`` handling for unsafe API requests.
 
 A client retrying a request it is unsure about (timeout, dropped connection)
-must never create a second payment. The protocol, per user and key:
+must never create a second payment. Per user and key, everything happens in ONE
+database transaction, together with the work the key protects:
 
-1. The key is claimed by inserting an ``IdempotencyRecord`` (state ``in_flight``)
-   in its own, committed transaction. The ``(user, key)`` unique constraint
-   makes exactly one of several parallel requests win; the losers re-read.
-2. The winner does the work and marks the record ``done`` with the response in
-   ONE transaction, guarded on ``(id, state=in_flight, locked_until=<its own
-   value>)``: if the claim was taken over meanwhile, the guard matches no row,
-   and the work is rolled back.
-3. Later requests with the key: same fingerprint and ``done`` → the stored
-   response again (``Idempotent-Replayed: true``); a different fingerprint →
-   422 ``idempotency_key_reused``; ``in_flight`` and still locked → 409
-   ``idempotency_key_in_use``; ``in_flight`` past ``locked_until`` (its request
-   died) → taken over with a guarded UPDATE, and the work runs again.
+1. The key is locked for the transaction without waiting (a transaction-scoped
+   advisory lock on a hash of user and key). If another request holds it, that
+   request is still in flight: 409 ``idempotency_key_in_use`` with ``Retry-After``.
+2. The key's stored record, if any: same fingerprint → the stored response again
+   (``Idempotent-Replayed: true``); a different fingerprint → 422
+   ``idempotency_key_reused``; past ``expires_at`` → deleted, the key is free again.
+3. Otherwise the work runs, and the record holding its rendered response is
+   inserted in the same transaction: the payment and its key commit together or
+   not at all. The ``(user, key)`` unique constraint is the last guard: if a
+   parallel request committed the key between our look-up and our insert, the
+   insert fails, everything we did rolls back, and the stored response answers.
 4. A failed request (a ``ProblemError`` such as a validation error, or an
-   unexpected exception) deletes its claim: as at Stripe, only requests that did
-   their work are stored, so the client may fix the body and retry with the key.
+   unexpected exception) rolls back and stores nothing: as at Stripe, only requests
+   that did their work are kept, so the client may fix the body and retry.
 
-All times come from the database clock (``selectors.database_now``) so web
-processes with skewed clocks agree on whether a claim is stale.
+Why one transaction: the protected work is database-only (no gateway is ever
+called while a request is handled), so there is no outcome outside the database
+to remember before it is known. A request that dies leaves nothing behind (no
+stale claim to expire or take over), and a create costs a third of the round
+trips a separately committed claim needed. On SQLite (the embedded default)
+write transactions are serialised (``BEGIN IMMEDIATE``): a parallel duplicate
+waits for the first and then replays it.
+
+All times come from the database clock (``selectors.database_now``), one reading
+per request, shared with the work, so web processes with skewed clocks agree.
 
 The stored response is the exact rendered JSON text plus headers (``{"content":
 ..., "headers": {...}}`` in ``response_body``): a replay is byte-for-byte the
 original, whatever the database does to JSON key order.
 
-Use ``idempotent_execute`` outside any transaction: the claim must be committed
-before the work starts, or parallel requests could not see it.
+Call ``idempotent_execute`` outside any transaction: it opens its own.
 """
 
 from __future__ import annotations
@@ -36,13 +43,14 @@ import hashlib
 import json
 import logging
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.http import HttpRequest, HttpResponse
 from rest_framework.renderers import JSONRenderer
 
@@ -58,9 +66,11 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # 1-255 printable ASCII characters (space to tilde).
 _KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
-# Each round either returns, raises, or saw the record change under it (a parallel
-# request claimed, finished or released the key); more rounds than this means churn.
+# Each round either returns, raises, or lost the key to a parallel request (and then
+# replays it in the next); more rounds than this means churn.
 _MAX_ROUNDS = 5
+# pg_try_advisory_xact_lock(namespace, hash): apart from payment_create's per-user locks.
+_KEY_LOCK_NAMESPACE = zlib.crc32(b"payments.idempotency_key") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -89,14 +99,8 @@ class StoredResponse:
         return response
 
 
-@dataclass(frozen=True)
-class _Claim:
-    record_id: int
-    locked_until: datetime
-
-
-class _ClaimLost(Exception):
-    """Our in-flight claim was taken over while we worked: our work must not commit."""
+class _KeyTaken(Exception):
+    """A parallel request stored this key between our look-up and our insert."""
 
 
 def idempotency_key_from(request: HttpRequest) -> str:
@@ -128,38 +132,61 @@ def request_fingerprint(method: str, path: str, body: Any) -> str:
     return digest.hexdigest()
 
 
-def idempotent_execute(*, user: User, key: str, fingerprint: str, work: Callable[[], WorkResult]) -> StoredResponse:
-    """Run ``work`` at most once per ``(user, key)``; see the module doc for the protocol.
+def idempotent_execute(
+    *, user: User, key: str, fingerprint: str, work: Callable[[datetime], WorkResult]
+) -> StoredResponse:
+    """Run ``work(now)`` at most once per ``(user, key)``; see the module doc for the protocol.
 
-    ``work`` runs inside the transaction that marks the key done, so whatever it
-    writes commits if and only if the key's response is stored. Raises
-    ``ProblemError`` for the idempotency conflicts and whatever ``work`` raises.
+    ``work`` runs inside the transaction that stores the key's response, so whatever
+    it writes commits if and only if the response is stored; ``now`` is the
+    database's clock. Raises ``ProblemError`` for the idempotency conflicts and
+    whatever ``work`` raises.
     """
     for _ in range(_MAX_ROUNDS):
-        now = selectors.database_now()
-        record = IdempotencyRecord.objects.filter(user=user, key=key).first()
-        claim: _Claim | None
-        if record is None:
-            claim = _claim_new(user=user, key=key, fingerprint=fingerprint, now=now)
-        else:
-            if record.expires_at <= now:
-                # Past retention but not purged yet: the key is free again.
-                IdempotencyRecord.objects.filter(pk=record.pk, expires_at__lte=now).delete()
-                continue
-            if record.fingerprint != fingerprint:
-                raise ProblemError(
-                    ErrorCode.IDEMPOTENCY_KEY_REUSED,
-                    422,
-                    "This Idempotency-Key was already used with a different request; use a new key for a new payment.",
-                )
-            if record.state == IdempotencyRecord.State.DONE:
-                return _replay(record)
-            if record.locked_until > now:
-                raise _in_use()
-            claim = _take_over(record, now=now)
-        if claim is not None:
-            return _perform(claim, work)
+        try:
+            with transaction.atomic():
+                if not _try_lock_key(user.pk, key):
+                    raise _in_use()
+                now = selectors.database_now()
+                record = IdempotencyRecord.objects.filter(user=user, key=key).first()
+                if record is not None and record.expires_at <= now:
+                    # Past retention but not purged yet: the key is free again.
+                    record.delete()
+                    record = None
+                if record is not None:
+                    if record.fingerprint != fingerprint:
+                        raise ProblemError(
+                            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                            422,
+                            "This Idempotency-Key was already used with a different request; "
+                            "use a new key for a new payment.",
+                        )
+                    return _replay(record)
+                return _perform(user=user, key=key, fingerprint=fingerprint, now=now, work=work)
+        except _KeyTaken:
+            # A parallel request stored this key first; our work is rolled back. Look again.
+            continue
     raise _in_use()
+
+
+def idempotency_lock_id(user_id: int, key: str) -> tuple[int, int]:
+    """The two-int advisory lock of ``(user, key)``: a namespace, and 32 bits of SHA-256 of both.
+
+    Two keys in flight at once share a lock once in 4 billion pairs; the later one
+    is then answered 409 and retried by its client, nothing worse.
+    """
+    digest = hashlib.sha256(f"{user_id}:{key}".encode()).digest()
+    return _KEY_LOCK_NAMESPACE, int.from_bytes(digest[:4], "big", signed=True)
+
+
+def _try_lock_key(user_id: int, key: str) -> bool:
+    """Lock the key until the transaction ends, without waiting; False when another request holds it."""
+    if connection.vendor != "postgresql":
+        return True  # SQLite: this transaction already holds the database's only write lock
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", idempotency_lock_id(user_id, key))
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def _in_use() -> ProblemError:
@@ -171,71 +198,29 @@ def _in_use() -> ProblemError:
     )
 
 
-def _claim_new(*, user: User, key: str, fingerprint: str, now: datetime) -> _Claim | None:
-    locked_until = now + settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT
+def _perform(
+    *, user: User, key: str, fingerprint: str, now: datetime, work: Callable[[datetime], WorkResult]
+) -> StoredResponse:
+    """Do the work and store its response, in the caller's transaction."""
+    result = work(now)
+    content = JSONRenderer().render(result.body)
+    headers = dict(result.headers)
     try:
-        with transaction.atomic():
-            record = IdempotencyRecord.objects.create(
-                user=user,
-                key=key,
-                fingerprint=fingerprint,
-                state=IdempotencyRecord.State.IN_FLIGHT,
-                locked_until=locked_until,
-                created_at=now,
-                expires_at=now + settings.IDEMPOTENCY_KEY_RETENTION,
-            )
+        # No savepoint: a duplicate key must abort the whole transaction (through _KeyTaken).
+        IdempotencyRecord.objects.create(
+            user=user,
+            key=key,
+            fingerprint=fingerprint,
+            response_status=result.status,
+            response_body={"content": content.decode("utf-8"), "headers": headers},
+            payment_id=result.payment.pk if result.payment is not None else None,
+            created_at=now,
+            expires_at=now + settings.IDEMPOTENCY_KEY_RETENTION,
+        )
     except IntegrityError:
-        return None  # a parallel request claimed the key first: look again
-    return _Claim(record_id=record.pk, locked_until=locked_until)
-
-
-def _take_over(record: IdempotencyRecord, *, now: datetime) -> _Claim | None:
-    """Claim a stale in-flight record, guarded on the lock value we saw (one taker wins)."""
-    locked_until = now + settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT
-    taken = IdempotencyRecord.objects.filter(
-        pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, locked_until=record.locked_until
-    ).update(locked_until=locked_until, expires_at=now + settings.IDEMPOTENCY_KEY_RETENTION)
-    if taken != 1:
-        return None
-    logger.warning("idempotency: took over a stale in-flight claim record=%s", record.pk)
-    return _Claim(record_id=record.pk, locked_until=locked_until)
-
-
-def _perform(claim: _Claim, work: Callable[[], WorkResult]) -> StoredResponse:
-    try:
-        with transaction.atomic():
-            result = work()
-            content = JSONRenderer().render(result.body)
-            headers = dict(result.headers)
-            finished = IdempotencyRecord.objects.filter(
-                pk=claim.record_id, state=IdempotencyRecord.State.IN_FLIGHT, locked_until=claim.locked_until
-            ).update(
-                state=IdempotencyRecord.State.DONE,
-                response_status=result.status,
-                response_body={"content": content.decode("utf-8"), "headers": headers},
-                payment=result.payment,
-            )
-            if finished != 1:
-                raise _ClaimLost()
-    except _ClaimLost:
-        # Another request took the key over after our lock expired; it owns the outcome.
-        logger.warning("idempotency: claim lost while working, work rolled back record=%s", claim.record_id)
-        raise _in_use() from None
-    except BaseException:
-        _release(claim)
-        raise
+        logger.info("idempotency: key stored by a parallel request, work rolled back user=%s", user.pk)
+        raise _KeyTaken() from None
     return StoredResponse(status=result.status, content=content, headers=headers, replayed=False)
-
-
-def _release(claim: _Claim) -> None:
-    """Delete our claim after a failure, so a corrected retry may use the key."""
-    try:
-        IdempotencyRecord.objects.filter(
-            pk=claim.record_id, state=IdempotencyRecord.State.IN_FLIGHT, locked_until=claim.locked_until
-        ).delete()
-    except Exception:
-        # The claim then blocks the key until locked_until, after which a retry takes it over.
-        logger.exception("idempotency: could not release claim record=%s", claim.record_id)
 
 
 def _replay(record: IdempotencyRecord) -> StoredResponse:

@@ -133,18 +133,12 @@ class PaymentEvent(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """A client's ``Idempotency-Key`` claim, recorded before the work it protects."""
-
-    class State(models.TextChoices):
-        IN_FLIGHT = "in_flight"
-        DONE = "done"
+    """A client's ``Idempotency-Key`` and the response it got, stored with the work it protected."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
     # SHA-256 of method, path and the canonical JSON body: compared, never the body itself.
     fingerprint = models.CharField(max_length=64)
-    state = models.CharField(max_length=10, choices=State.choices, default=State.IN_FLIGHT)
-    locked_until = models.DateTimeField(help_text="An in-flight claim older than this may be taken over.")
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = SensitiveJSONField(null=True, blank=True)
     payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -158,7 +152,7 @@ class IdempotencyRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id}:{self.key} ({self.state})"
+        return f"{self.user_id}:{self.key} ({self.response_status})"
 
 
 # --- Failure handling: operators' views, dead messages, the circuit breaker (docs/operations.md) ---------

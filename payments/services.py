@@ -11,7 +11,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -108,11 +107,50 @@ def _lock_owner_for_create(owner_id: int) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CREATE_LOCK_NAMESPACE, owner_id % 2_147_483_648])
 
 
+# Both of a user's limits in one round trip. The pending count reads at most
+# max_pending + 1 entries of payment_owner_pending_idx, whatever the user's history; the day's
+# sum reads that day's payments through payment_owner_listing_idx (owner, scheduled_for).
+def _in_list(name: str, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``(%(name0)s, %(name1)s, ...)`` and its parameters: one SQL text for PostgreSQL and SQLite."""
+    params = {f"{name}{i}": str(value) for i, value in enumerate(values)}
+    return "(" + ", ".join(f"%({key})s" for key in params) + ")", params
+
+
+_PENDING_IN, _PENDING_PARAMS = _in_list("pending", PENDING_STATUSES)
+_NOT_MOVING_IN, _NOT_MOVING_PARAMS = _in_list("not_moving", NOT_MOVING_MONEY)
+# Only placeholders are interpolated into the text (S608).
+_LIMITS_SQL = f"""
+    SELECT
+        (SELECT COUNT(*) FROM (
+            SELECT 1 FROM payments_payment
+            WHERE owner_id = %(owner)s AND status IN {_PENDING_IN}
+            LIMIT %(pending_cap)s
+        ) AS pending),
+        (SELECT COALESCE(SUM(amount_minor), 0) FROM payments_payment
+         WHERE owner_id = %(owner)s AND currency = %(currency)s
+           AND scheduled_for >= %(day_start)s AND scheduled_for < %(day_end)s
+           AND status NOT IN {_NOT_MOVING_IN})
+"""  # noqa: S608
+
+
 def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
     """422 when this payment would exceed the user's pending count or daily amount (call under the lock)."""
     max_pending = int(settings.PAYMENTS_MAX_PENDING_PER_USER)
-    # COUNT over at most max_pending + 1 rows, from the partial index: cheap whatever the history.
-    pending = Payment.objects.filter(owner_id=owner_id, status__in=PENDING_STATUSES)[: max_pending + 1].count()
+    day_start = data.scheduled_for.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _LIMITS_SQL,
+            {
+                "owner": owner_id,
+                "pending_cap": max_pending + 1,
+                "currency": data.currency,
+                "day_start": day_start,
+                "day_end": day_start + timedelta(days=1),
+                **_PENDING_PARAMS,
+                **_NOT_MOVING_PARAMS,
+            },
+        )
+        pending, scheduled_that_day = cursor.fetchone() or (0, 0)
     if pending >= max_pending:
         raise ProblemError(
             ErrorCode.PENDING_PAYMENTS_LIMIT_EXCEEDED,
@@ -121,19 +159,7 @@ def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
             "schedule more once some have executed, or cancel some.",
             extra={"limit": max_pending},
         )
-    day_start = data.scheduled_for.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     limit_minor = to_minor_units(Decimal(settings.PAYMENTS_MAX_DAILY_AMOUNT), data.currency)
-    scheduled_that_day = (
-        Payment.objects.filter(
-            owner_id=owner_id,
-            scheduled_for__gte=day_start,
-            scheduled_for__lt=day_start + timedelta(days=1),
-            currency=data.currency,
-        )
-        .exclude(status__in=NOT_MOVING_MONEY)
-        .aggregate(total=Sum("amount_minor"))["total"]
-        or 0
-    )
     if scheduled_that_day + data.amount_minor > limit_minor:
         limit = format_minor_units(limit_minor, data.currency)
         message = (
@@ -165,7 +191,9 @@ def payment_create(*, owner: User, data: PaymentDraft, actor: str, now: datetime
     one user cannot together pass a limit that each alone would respect.
     """
     now = now or timezone.now()
-    with transaction.atomic():
+    # No savepoint when called inside a transaction (the API's idempotent create): a refusal
+    # here fails the whole request anyway, and a savepoint costs two more round trips.
+    with transaction.atomic(savepoint=False):
         _lock_owner_for_create(owner.pk)
         _enforce_limits(owner.pk, data)
         payment = Payment.objects.create(
@@ -204,14 +232,13 @@ def idempotency_purge_expired(*, now: datetime | None = None, batch_size: int = 
     """Delete idempotency records past ``expires_at``, in small batches; returns how many.
 
     Batches keep each delete's locks and WAL short, so this can run every few
-    minutes beside live traffic. An in-flight record is never purged before its
-    lock expires, whatever its ``expires_at``.
+    minutes beside live traffic.
     """
     now = now or timezone.now()
     total = 0
     while True:
         batch = list(
-            IdempotencyRecord.objects.filter(expires_at__lte=now, locked_until__lte=now)
+            IdempotencyRecord.objects.filter(expires_at__lte=now)
             .order_by("expires_at")
             .values_list("pk", flat=True)[:batch_size]
         )

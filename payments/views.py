@@ -6,6 +6,7 @@ settings (``config.problems`` turns every error into problem+json).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.http import HttpResponse
@@ -241,8 +242,8 @@ class PaymentCollectionView(APIView):
         reject_card_data(body)  # before the body is fingerprinted, stored or logged anywhere
         fingerprint = request_fingerprint(request.method or "POST", request.path, body)
 
-        def work() -> WorkResult:
-            draft = validate_payment_create(body, now=selectors.database_now())
+        def work(now: datetime) -> WorkResult:
+            draft = validate_payment_create(body, now=now)
             payment = services.payment_create(owner=owner, data=draft, actor=_actor(owner))
             location = request.build_absolute_uri(reverse("payment-detail", args=[payment.pk]))
             return WorkResult(201, payment_representation(payment), {"Location": location}, payment)

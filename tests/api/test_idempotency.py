@@ -1,14 +1,16 @@
-"""Idempotency-Key on POST /api/v1/payments: replay, reuse, in-flight, takeover, parallel duplicates."""
+"""Idempotency-Key on POST /api/v1/payments: replay, reuse, in flight, lost races, parallel duplicates."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 from io import StringIO
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 from django.core.management import call_command
@@ -16,7 +18,6 @@ from django.db import connection
 
 from accounts.services import token_issue
 from payments import idempotency
-from payments.error_codes import ProblemError
 from payments.idempotency import WorkResult, idempotent_execute, request_fingerprint
 from payments.models import IdempotencyRecord, Payment, PaymentEvent
 from payments.services import idempotency_purge_expired
@@ -67,7 +68,7 @@ def test_the_same_key_and_body_replays_the_original_response_and_creates_nothing
     # and nothing new exists
     assert Payment.objects.count() == 1
     assert PaymentEvent.objects.count() == 1
-    assert IdempotencyRecord.objects.get().state == IdempotencyRecord.State.DONE
+    assert IdempotencyRecord.objects.get().response_status == 201
 
 
 def test_a_replay_ignores_json_key_order_and_whitespace(api):
@@ -114,80 +115,108 @@ def test_keys_are_scoped_to_the_user(api, outsider_api):
     assert Payment.objects.count() == 2
 
 
-def in_flight_record(user, body, *, locked_for: timedelta, key: str = "busy") -> IdempotencyRecord:
-    return IdempotencyRecord.objects.create(
-        user=user,
-        key=key,
-        fingerprint=fingerprint_of(body),
-        state=IdempotencyRecord.State.IN_FLIGHT,
-        locked_until=FIXED_NOW + locked_for,
-        created_at=FIXED_NOW,
-        expires_at=FIXED_NOW + timedelta(hours=24),
-    )
+@contextmanager
+def key_in_flight(user, key: str):
+    """Another request holding ``key``: its advisory lock, taken on a connection of its own."""
+    settings_dict = connection.settings_dict
+    with psycopg.connect(
+        dbname=settings_dict["NAME"],
+        host=settings_dict["HOST"] or "127.0.0.1",
+        port=settings_dict["PORT"] or 5432,
+        user=settings_dict["USER"],
+        autocommit=True,
+    ) as other:
+        other.execute("SELECT pg_advisory_lock(%s, %s)", idempotency.idempotency_lock_id(user.pk, key))
+        yield
+        other.execute("SELECT pg_advisory_unlock(%s, %s)", idempotency.idempotency_lock_id(user.pk, key))
 
 
 def test_a_key_whose_first_request_is_still_in_flight_is_409(api, owner):
     # given a request with this key is being processed
     body = payment_body()
-    in_flight_record(owner, body, locked_for=timedelta(seconds=30))
+    with key_in_flight(owner, "busy"):
+        # when the same request arrives, or another body with the key
+        response = create(api, body, key="busy")
+        other_body = create(api, payment_body(amount="1.00"), key="busy")
 
-    # when the same request arrives
-    response = create(api, body, key="busy")
+        # then 409 idempotency_key_in_use with a Retry-After, and nothing is created or stored
+        assert_problem(response, 409, "idempotency_key_in_use")
+        assert response["Retry-After"] == "1"
+        assert_problem(other_body, 409, "idempotency_key_in_use")
+        assert not Payment.objects.exists()
+        assert not IdempotencyRecord.objects.exists()
+        # and other keys of the user are not held up
+        assert create(api, body, key="free").status_code == 201
 
-    # then 409 idempotency_key_in_use with a Retry-After, and nothing is created
-    assert_problem(response, 409, "idempotency_key_in_use")
-    assert response["Retry-After"] == "1"
+    # once the first request is over, the key works
+    assert create(api, body, key="busy").status_code == 201
+
+
+def test_a_request_that_dies_midway_leaves_nothing_behind(owner):
+    # given work that wrote a payment and then failed (a crash, a lost connection)
+    def work(now):
+        make_bare_payment(owner)
+        raise RuntimeError("worker process died")
+
+    # when it runs under a key
+    with pytest.raises(RuntimeError):
+        idempotent_execute(user=owner, key="dies", fingerprint="d" * 64, work=work)
+
+    # then neither the payment nor the key is kept: a retry runs from scratch
     assert not Payment.objects.exists()
+    assert not IdempotencyRecord.objects.exists()
+    retried = idempotent_execute(user=owner, key="dies", fingerprint="d" * 64, work=lambda now: WorkResult(201, {}))
+    assert retried.replayed is False
 
 
-def test_a_different_body_for_an_in_flight_key_is_reused_not_in_use(api, owner):
-    in_flight_record(owner, payment_body(), locked_for=timedelta(seconds=30))
-    assert_problem(create(api, payment_body(amount="1.00"), key="busy"), 422, "idempotency_key_reused")
+def make_bare_payment(owner) -> Payment:
+    return Payment.objects.create(
+        owner=owner,
+        amount_minor=1,
+        currency="EUR",
+        payee_name="x",
+        payee_account="1",
+        payee_account_last4="1",
+        payment_method="pm_card_visa",
+        scheduled_for=FIXED_NOW + timedelta(days=1),
+        time_zone="UTC",
+        scheduled_local="",
+    )
 
 
-def test_a_stale_in_flight_claim_is_taken_over(api, owner):
-    # given a claim whose request died (its lock expired)
-    body = payment_body()
-    record = in_flight_record(owner, body, locked_for=-timedelta(seconds=1))
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_loses_the_key_to_a_parallel_one_rolls_back_and_replays_it(owner):
+    # given a parallel request commits the same key while ours works (it slipped between our
+    # key lock and our look-up: the unique constraint is the last guard)
+    stored = {"content": json.dumps({"id": "theirs"}), "headers": {"Location": "/theirs"}}
 
-    # when the client retries
-    response = create(api, body, key="busy")
+    def work(now):
+        make_bare_payment(owner)
+        settings_dict = connection.settings_dict
+        with psycopg.connect(
+            dbname=settings_dict["NAME"], host=settings_dict["HOST"] or "127.0.0.1", user=settings_dict["USER"]
+        ) as other:
+            other.execute(
+                "INSERT INTO payments_idempotencyrecord"
+                " (user_id, key, fingerprint, response_status, response_body, created_at, expires_at)"
+                " VALUES (%s, 'race', %s, 201, %s, now(), now() + interval '1 day')",
+                [
+                    owner.pk,
+                    "r" * 64,
+                    IdempotencyRecord._meta.get_field("response_body").get_db_prep_save(stored, connection),
+                ],
+            )
+        return WorkResult(201, {"id": "ours"})
 
-    # then the retry takes the key over and does the work, once
-    assert response.status_code == 201, response.content
-    assert "Idempotent-Replayed" not in response
-    record.refresh_from_db()
-    assert record.state == IdempotencyRecord.State.DONE
-    assert str(record.payment_id) == response.json()["id"]
-    assert Payment.objects.count() == 1
+    # when ours tries to store its response
+    result = idempotent_execute(user=owner, key="race", fingerprint="r" * 64, work=work)
 
-
-def test_a_worker_whose_claim_was_taken_over_cannot_finish(owner):
-    # given our claim is taken over while we work (our lock expired, a retry re-locked the key)
-    def work():
-        IdempotencyRecord.objects.filter(key="slow").update(locked_until=FIXED_NOW + timedelta(minutes=5))
-        payment_id = Payment.objects.create(
-            owner=owner,
-            amount_minor=1,
-            currency="EUR",
-            payee_name="x",
-            payee_account="1",
-            payee_account_last4="1",
-            payment_method="pm_card_visa",
-            scheduled_for=FIXED_NOW + timedelta(days=1),
-            time_zone="UTC",
-            scheduled_local="",
-        ).pk
-        return WorkResult(201, {"id": str(payment_id)})
-
-    # when we try to finish
-    with pytest.raises(ProblemError) as raised:
-        idempotent_execute(user=owner, key="slow", fingerprint="f" * 64, work=work)
-
-    # then we answer 409 and our work is rolled back: the other request owns the outcome
-    assert raised.value.code == "idempotency_key_in_use"
+    # then our work is rolled back and the parallel request's response answers, as a replay
     assert not Payment.objects.exists()
-    assert IdempotencyRecord.objects.get(key="slow").state == IdempotencyRecord.State.IN_FLIGHT
+    assert result.replayed is True
+    assert json.loads(result.content) == {"id": "theirs"}
+    assert dict(result.headers) == {"Location": "/theirs"}
+    assert IdempotencyRecord.objects.count() == 1
 
 
 def test_a_failed_validation_does_not_consume_the_key(api):
@@ -248,8 +277,6 @@ def test_purge_deletes_only_expired_records(owner, settings):
             user=owner,
             key=key,
             fingerprint="f" * 64,
-            state=IdempotencyRecord.State.DONE,
-            locked_until=expires - timedelta(hours=24),
             expires_at=expires,
         )
 
@@ -266,8 +293,6 @@ def test_purge_command_reports_what_it_deleted(owner):
         user=owner,
         key="ancient",
         fingerprint="f" * 64,
-        state=IdempotencyRecord.State.DONE,
-        locked_until=FIXED_NOW - timedelta(days=3),
         expires_at=FIXED_NOW - timedelta(days=2),
     )
     out = StringIO()
@@ -371,7 +396,7 @@ def test_the_helper_is_reusable_for_other_work(owner):
     # given a generic piece of work (e.g. a future PATCH) run under a key
     calls = []
 
-    def work():
+    def work(now):
         calls.append(1)
         return WorkResult(200, {"ok": True}, {"X-Thing": "1"})
 

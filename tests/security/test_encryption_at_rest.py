@@ -86,10 +86,10 @@ def test_equal_values_encrypt_differently(make_payment: Callable[..., Payment]) 
 
 
 def test_it_stores_no_idempotent_response_in_clear(owner: User) -> None:
-    # given a stored response, written the way the idempotency layer does (an UPDATE)
+    # given a stored response, written with an UPDATE (the idempotency layer INSERTs; both must encrypt)
     now = timezone.now()
     record = IdempotencyRecord.objects.create(
-        user=owner, key="k1", fingerprint="0" * 64, locked_until=now, expires_at=now + timedelta(days=1)
+        user=owner, key="k1", fingerprint="0" * 64, expires_at=now + timedelta(days=1)
     )
     body = {"content": json.dumps({"payee": {"name": PAYEE_NAME}, "metadata": METADATA}), "headers": {}}
     IdempotencyRecord.objects.filter(pk=record.pk).update(response_body=body, response_status=201)
@@ -105,7 +105,7 @@ def test_it_stores_no_idempotent_response_in_clear(owner: User) -> None:
 def test_a_null_response_body_stays_sql_null(owner: User) -> None:
     now = timezone.now()
     record = IdempotencyRecord.objects.create(
-        user=owner, key="k2", fingerprint="0" * 64, locked_until=now, expires_at=now + timedelta(days=1)
+        user=owner, key="k2", fingerprint="0" * 64, expires_at=now + timedelta(days=1)
     )
 
     assert IdempotencyRecord.objects.filter(pk=record.pk, response_body__isnull=True).exists()

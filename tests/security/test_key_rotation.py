@@ -60,7 +60,6 @@ def make_idempotency_record(owner: User, key: str) -> IdempotencyRecord:
         user=owner,
         key=key,
         fingerprint="0" * 64,
-        locked_until=now,
         expires_at=now + timedelta(days=1),
         response_status=201,
         response_body={"content": json.dumps({"payee": PAYEE_NAME}), "headers": {}},
