@@ -1,11 +1,12 @@
 """The state machine's batch transitions: each row guarded on its own, one event per move.
 
-Every test runs twice: with the PostgreSQL statements (one per batch) and with
+Every test taking ``backend`` runs twice: with the PostgreSQL statements (one per batch) and with
 the portable per-payment path that the embedded SQLite default uses.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -263,3 +264,129 @@ def test_waiting_payments_are_leased_once(backend: str, make_payment: MakePaymen
     assert second == []
     due.refresh_from_db()
     assert due.status == Status.RECONCILING  # a lease, not a transition
+
+
+# --- Plans with stale statistics -----------------------------------------------------------------------------
+#
+# With a constant status next to the ids, PostgreSQL can prove the partial indexes' predicates (status in …)
+# and, when autoanalyze has not yet seen thousands of payments move to dispatched, scan one of them whole
+# instead of probing the primary key once per id (docs/performance.md). Each statement is EXPLAINed, exactly
+# as the code runs it, on such a table.
+
+STALE_ROWS = 20_000
+BATCH = 50
+PKEY = "payments_payment_pkey"
+
+
+def insert_copies(template: Payment, count: int) -> None:
+    """``count`` copies of ``template`` (new ids), due a minute ago, ``scheduled``; one statement."""
+    columns = [f.column for f in Payment._meta.concrete_fields if f.column]
+    values = {
+        "id": "gen_random_uuid()",
+        "status": "'scheduled'",
+        "scheduled_for": "now() - interval '1 minute'",
+        "attempts": "0",
+        "lease_expires_at": "NULL",
+        "next_attempt_at": "NULL",
+    }
+    exprs = [values.get(column, f"t.{column}") for column in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO payments_payment ({', '.join(columns)}) "  # noqa: S608 - column names from the model
+            f"SELECT {', '.join(exprs)} FROM payments_payment AS t, generate_series(1, %(count)s) AS g"
+            " WHERE t.id = %(template)s",
+            {"count": count, "template": template.pk},
+        )
+
+
+def payment_indexes_used(node: dict[str, Any], indexes: set[str], under_update: bool = False) -> list[tuple[str, bool]]:
+    """(index or "Seq Scan", whether under an UPDATE of payments_payment) for each scan of payments_payment."""
+    found: list[tuple[str, bool]] = []
+    if node.get("Index Name") in indexes:
+        found.append((node["Index Name"], under_update))
+    elif node.get("Node Type") == "Seq Scan" and node.get("Relation Name") == "payments_payment":
+        found.append(("Seq Scan", under_update))
+    updates = node.get("Node Type") == "ModifyTable" and node.get("Relation Name") == "payments_payment"
+    for child in node.get("Plans", []):
+        # An UPDATE's own scan is its outer child; CTEs it reads hang under it as init plans.
+        child_under_update = under_update or (updates and child.get("Parent Relationship") != "InitPlan")
+        found += payment_indexes_used(child, indexes, child_under_update)
+    return found
+
+
+@pytest.mark.django_db  # rolled back: the copies, the statistics and their staleness
+def test_batch_statements_probe_the_primary_key_even_with_stale_statistics(make_payment: MakePayment) -> None:
+    # given a table analyzed while every payment was scheduled, then thousands dispatched (autoanalyze
+    # cannot intervene: it would need our uncommitted rows, and ANALYZE holds its lock until the end)
+    insert_copies(make_payment(due_in=-60), STALE_ROWS)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE payments_payment")
+        cursor.execute(
+            "UPDATE payments_payment SET status = 'dispatched', lease_expires_at = now() - interval '1 second'"
+        )
+        cursor.execute("SELECT id FROM payments_payment ORDER BY md5(id::text) LIMIT %s", [BATCH])
+        ids = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'payments_payment'")
+        indexes = {row[0] for row in cursor.fetchall()}
+    assert {PKEY, "payment_owner_pending_idx", "payment_lease_rescue_idx"} <= indexes
+
+    n = len(ids)
+    batch = state_machine._PostgresBatch
+    by_id: dict[str, tuple[str, dict[str, Any]]] = {
+        "release_dispatch_leases": (batch.RELEASE_LEASES_SQL, {"ids": ids}),
+        "begin_submissions": (batch.BEGIN_SQL, {"ids": ids, "lease": LEASE, "actor": "w"}),
+        "begin_submissions (not yet due)": (batch.NOT_YET_DUE_SQL, {"ids": ids}),
+        "record_outcomes": (
+            batch.OUTCOMES_SQL,
+            {
+                "ids": ids,
+                "attempts": [0] * n,
+                "to": [Status.SUBMITTING] * n,
+                "reasons": ["due"] * n,
+                "refs": [""] * n,
+                "codes": [""] * n,
+                "messages": [""] * n,
+                "delays": [None] * n,
+                "data": ["{}"] * n,
+                "dead_reasons": [""] * n,
+                "from": Status.DISPATCHED,
+                "actor": "w",
+            },
+        ),
+        "postpone": (
+            batch.POSTPONE_SQL,
+            {"ids": ids, "attempts": [0] * n, "status": Status.DISPATCHED, "delay": 5.0},
+        ),
+        "reschedule": (
+            batch.RESCHEDULE_SQL,
+            {"ids": ids, "attempts": [0] * n, "delays": [5.0] * n, "tried": [0] * n, "status": Status.DISPATCHED},
+        ),
+        "defer": (batch.DEFER_SQL, {"ids": ids, "delay": LEASE, "actor": "w", "reason": "circuit_open"}),
+    }
+    # The sweep's statements search by status (a partial index, on purpose), then update what they locked.
+    sweeps: dict[str, tuple[str, dict[str, Any]]] = {
+        "claim_due": (batch.CLAIM_DUE_SQL, {"lookahead": LOOKAHEAD, "limit": 500, "lease": LEASE, "actor": "s"}),
+        "redispatch_expired": (batch.REDISPATCH_SQL, {"limit": 500, "lease": LEASE, "actor": "s"}),
+        "expire_submissions": (batch.EXPIRE_SUBMISSIONS_SQL, {"limit": 500, "actor": "s"}),
+        "claim_waiting": (batch.CLAIM_WAITING_SQL, {"status": Status.RETRY_SCHEDULED, "lease": LEASE, "limit": 500}),
+    }
+
+    def scans(sql: str, params: dict[str, Any]) -> list[tuple[str, bool]]:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            document = cursor.fetchone()[0]
+        data = json.loads(document) if isinstance(document, str) else document
+        return payment_indexes_used(data[0]["Plan"], indexes)
+
+    wrong = {}
+    for name, (sql, params) in by_id.items():
+        found = scans(sql, params)
+        if not found or {index for index, _ in found} != {PKEY}:
+            wrong[name] = found
+    for name, (sql, params) in sweeps.items():
+        found = scans(sql, params)
+        if "Seq Scan" in {index for index, _ in found} or {i for i, upd in found if upd} != {PKEY}:
+            wrong[name] = found
+
+    # then every payment is found by its primary key, whatever the statistics say
+    assert not wrong, "\n".join(f"{name}: {found}" for name, found in wrong.items())
