@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 # The test suite runs against the real PostgreSQL and RabbitMQ.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/spay
 TEST_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672//
+# Redis: the throttles' cache in production (REDIS_URL); tests use this database of the local server.
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/13
 PYTEST_ARGS ?=
 
 .PHONY: help venv run migrate test lint format services-check fuzz bench clean
@@ -30,11 +32,13 @@ migrate: $(STAMP) ## apply database migrations
 run: $(STAMP) migrate ## start web, worker, beat and the sandbox gateway (embedded default unless URLs are set)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start web worker beat gateway
 
-services-check: $(STAMP) ## fail loudly unless PostgreSQL and RabbitMQ answer
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/python -m config.check_services
+services-check: $(STAMP) ## fail loudly unless PostgreSQL, RabbitMQ and Redis answer
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		$(BIN)/python -m config.check_services
 
-test: $(STAMP) services-check ## the whole suite against the real PostgreSQL and RabbitMQ
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP) services-check ## the whole suite against the real PostgreSQL, RabbitMQ and Redis
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and the migrations check
 	$(BIN)/ruff check .

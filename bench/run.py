@@ -41,6 +41,7 @@ WORKLOADS = ("sweep", "resources", "burst", "steady", "api")
 BEATLESS = ("sweep", "resources")
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--database-url",
         help="PostgreSQL server (its database name is ignored); default: "
         "DATABASE_URL if it is PostgreSQL, else " + DEFAULT_DATABASE_URL,
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help=f"Redis database for the throttles' cache, emptied at the start ({DEFAULT_REDIS_URL}); "
+        "'none' uses the file cache (production without REDIS_URL)",
     )
     parser.add_argument("--db-name", default="spay_bench", help="the run's database, dropped and created (spay_bench)")
     parser.add_argument(
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_concurrency=args.worker_concurrency,
         worker_pool=args.worker_pool,
         gateway_latency_ms=args.gateway_latency_ms,
+        redis_url="" if args.redis_url == "none" else args.redis_url,
         extra_env=dict(item.split("=", 1) for item in args.env),
         keep=args.keep,
     )

@@ -38,7 +38,7 @@ START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
 WORKER_QUEUES = "sweep,execution,housekeeping"
 # Variables the harness sets for every process; inherited values of these are dropped.
-_OWNED_PREFIXES = ("DATABASE_URL", "CELERY_", "GATEWAY_", "DJANGO_SETTINGS_MODULE", "SENTRY_", "BENCH_")
+_OWNED_PREFIXES = ("DATABASE_URL", "CELERY_", "GATEWAY_", "DJANGO_SETTINGS_MODULE", "SENTRY_", "BENCH_", "REDIS_URL")
 
 
 def free_port() -> int:
@@ -75,6 +75,7 @@ class StackOptions:
     worker_concurrency: int
     worker_pool: str
     gateway_latency_ms: int
+    redis_url: str = ""  # the throttles' cache, as production runs it ("": the file cache)
     extra_env: dict[str, str] = field(default_factory=dict)
     keep: bool = False
 
@@ -148,6 +149,8 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(PROJECT_ROOT),
         }
+        if options.redis_url:
+            self.env["REDIS_URL"] = options.redis_url
         self.env.setdefault("LOG_LEVEL", "INFO")
         self.env |= options.extra_env
 
@@ -179,6 +182,11 @@ class Stack:
     # --- database and vhost ---------------------------------------------------------------------
 
     def create_database(self) -> None:
+        if self.options.redis_url:
+            import redis
+
+            # Throttle counters of an earlier run must not count against this one.
+            redis.Redis.from_url(self.options.redis_url, socket_connect_timeout=5).flushdb()
         name = sql.Identifier(self.options.db_name)
         with self.maintenance_connection() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))

@@ -1,4 +1,4 @@
-"""Exit non-zero, loudly, unless the test suite's PostgreSQL and RabbitMQ answer."""
+"""Exit non-zero, loudly, unless the test suite's PostgreSQL, RabbitMQ and Redis answer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 import environ
 import psycopg
+import redis
 from kombu import Connection
 
 
@@ -28,6 +29,11 @@ def main() -> int:
             conn.ensure_connection(max_retries=1)
     except Exception as exc:
         failures.append(f"RabbitMQ does not answer: {exc}")
+    redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=5).ping()
+    except Exception as exc:
+        failures.append(f"Redis at {redis_url} does not answer: {exc}")
     for failure in failures:
         print(f"REQUIRED SERVICE MISSING: {failure}", file=sys.stderr)
     return 1 if failures else 0

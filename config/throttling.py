@@ -1,10 +1,13 @@
 """API throttles (``REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"]``): per user, per anonymous client, per address.
 
-* ``UserRateThrottle`` / ``AnonRateThrottle``: DRF's, except that the client address
-  is ``config.security.client_ip`` (``REMOTE_ADDR``, or the entry ``TRUSTED_PROXY_COUNT``
-  hops from the right of ``X-Forwarded-For``). DRF's own ``get_ident`` takes the whole
-  ``X-Forwarded-For`` header when ``NUM_PROXIES`` is unset, so a client could dodge the
-  anonymous throttle by sending a new made-up header with every request.
+* ``UserRateThrottle`` (scope ``user``, ``THROTTLE_USER_RATE``): per authenticated user;
+  an unauthenticated request counts against its address instead.
+* ``AnonRateThrottle``: DRF's, for unauthenticated requests only, except that the
+  client address is ``config.security.client_ip`` (``REMOTE_ADDR``, or the entry
+  ``TRUSTED_PROXY_COUNT`` hops from the right of ``X-Forwarded-For``). DRF's own
+  ``get_ident`` takes the whole ``X-Forwarded-For`` header when ``NUM_PROXIES`` is unset,
+  so a client could dodge the anonymous throttle by sending a new made-up header with
+  every request.
 * ``ClientIpRateThrottle`` (scope ``ip``, ``THROTTLE_IP_RATE``): every request from one
   address, authenticated or not, whichever user or token it carries. It caps what one
   machine can do with many accounts or tokens (OWASP API4:2023).
@@ -14,15 +17,15 @@ called by the problem+json exception handler): DRF checks throttles only after
 authentication and permissions succeed, so floods of bad or missing tokens would
 otherwise never be throttled.
 
-Unlike DRF's ``SimpleRateThrottle``, which keeps (and pickles into the cache on every
-request) a list with one timestamp per request in the window, the address throttle
-keeps two counters per address: this window's and the previous one's, the estimate being
-``previous * (share of the window still to come) + current`` (the sliding-window counter
-used by Cloudflare and nginx-style limiters). One address may carry many users' traffic,
-so its window can hold tens of thousands of requests; a timestamp list that size would
-cost milliseconds per request. The estimate errs by at most the previous window's
-uneven spread; counter updates are atomic on Redis and in-process caches (the file
-cache may undercount slightly under heavy concurrency).
+The user and address throttles are sliding-window counters (the estimate is
+``previous * (share of the window still to come) + current``, as in Cloudflare's and
+nginx-style limiters): two counters per client instead of DRF's ``SimpleRateThrottle``
+list with one timestamp per request in the window, which is read, unpickled, grown,
+pickled and written back on every request — milliseconds per request once a busy user
+or an address carrying many users has thousands in its window. The estimate errs by at
+most the previous window's uneven spread; counter updates are atomic on Redis and in-process
+caches (the file cache may undercount slightly under heavy concurrency). Each costs two
+cache round trips per request: one read of both counters, one increment.
 """
 
 from __future__ import annotations
@@ -43,13 +46,6 @@ if TYPE_CHECKING:  # rest_framework.views imports this module (through its setti
     from rest_framework.views import APIView
 
 
-class UserRateThrottle(throttling.UserRateThrottle):
-    """Per authenticated user (``THROTTLE_USER_RATE``); an unauthenticated request falls back to its address."""
-
-    def get_ident(self, request: Request) -> str:
-        return client_ip(request)
-
-
 class AnonRateThrottle(throttling.AnonRateThrottle):
     """Per address, for unauthenticated requests (``THROTTLE_ANON_RATE``)."""
 
@@ -57,10 +53,10 @@ class AnonRateThrottle(throttling.AnonRateThrottle):
         return client_ip(request)
 
 
-class ClientIpRateThrottle(throttling.BaseThrottle):
-    """Every request from one client address (``THROTTLE_IP_RATE``), authenticated or not."""
+class SlidingWindowRateThrottle(throttling.BaseThrottle):
+    """A sliding-window counter per client (see the module doc); subclasses name the scope and the client."""
 
-    scope = "ip"
+    scope = ""
     cache = default_cache
     timer = staticmethod(time.time)
 
@@ -77,13 +73,16 @@ class ClientIpRateThrottle(throttling.BaseThrottle):
             self.duration = {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
         self._wait = 0.0
 
+    def client(self, request: Request) -> str:
+        raise NotImplementedError
+
     def _keys(self, ident: str, window: int) -> tuple[str, str]:
-        return f"throttle_ip_{ident}_{window - 1}", f"throttle_ip_{ident}_{window}"
+        return f"throttle_{self.scope}_{ident}_{window - 1}", f"throttle_{self.scope}_{ident}_{window}"
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         if self.num_requests is None:
             return True
-        ident = client_ip(request) or "unknown"
+        ident = self.client(request)
         now = self.timer()
         window = int(now // self.duration)
         previous_key, current_key = self._keys(ident, window)
@@ -117,6 +116,27 @@ class ClientIpRateThrottle(throttling.BaseThrottle):
 
     def wait(self) -> float | None:
         return math.ceil(self._wait * 1000) / 1000
+
+
+class UserRateThrottle(SlidingWindowRateThrottle):
+    """Per authenticated user (``THROTTLE_USER_RATE``); an unauthenticated request counts against its address."""
+
+    scope = "user"
+
+    def client(self, request: Request) -> str:
+        user = request.user
+        if user is not None and user.is_authenticated:
+            return f"u{user.pk}"
+        return f"a{client_ip(request) or 'unknown'}"
+
+
+class ClientIpRateThrottle(SlidingWindowRateThrottle):
+    """Every request from one client address (``THROTTLE_IP_RATE``), authenticated or not."""
+
+    scope = "ip"
+
+    def client(self, request: Request) -> str:
+        return client_ip(request) or "unknown"
 
 
 def throttle_failed_authentication(view: APIView, request: Request) -> exceptions.Throttled | None:

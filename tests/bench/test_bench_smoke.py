@@ -77,6 +77,7 @@ def test_the_quick_benchmark_writes_well_formed_results(servers: tuple[str, str]
     name = f"spay_bench_smoke_{os.getpid()}"
     command = [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)]
     command += ["--database-url", database_url, "--db-name", name, "--broker-url", broker_url, "--vhost", name]
+    command += ["--redis-url", os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")]
 
     # when the harness runs in quick mode
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
