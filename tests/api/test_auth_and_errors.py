@@ -77,8 +77,8 @@ def test_it_answers_401_for_a_deactivated_user(owner):
 
 @pytest.fixture
 def strict_throttle(monkeypatch, settings):
-    # DRF's throttles read their rates once, into a class attribute: overriding the
-    # setting alone does not reach them, so the attribute is patched as well.
+    # DRF's anonymous throttle reads its rate once, into a class attribute: overriding the
+    # setting alone does not reach it, so the attribute is patched as well.
     rates = {"user": "3/min", "anon": "3/min", "ip": "1000/min"}  # the per-address throttle: tests/security
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", rates)
@@ -95,9 +95,9 @@ def test_it_answers_429_rate_limited_with_retry_after(api, strict_throttle):
     # when a 4th comes within the minute
     response = api.get(PAYMENTS_URL)
 
-    # then 429 rate_limited, with how long to wait
+    # then 429 rate_limited, with how long to wait (the sliding window may reach into the next minute)
     assert_problem(response, 429, "rate_limited")
-    assert 1 <= int(response["Retry-After"]) <= 60
+    assert 1 <= int(response["Retry-After"]) <= 120
 
 
 def test_the_rate_limit_is_per_user(api, outsider_api, strict_throttle):
