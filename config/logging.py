@@ -20,7 +20,6 @@ Speed: on a line with nothing to mask each step is one C-level regex scan.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from payments.card_data import mask_card_numbers
+from payments.card_data import RecordScrubbingFilter, mask_card_numbers
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -96,58 +95,23 @@ def scrub_text(text: str) -> str:
     return scrub_secrets(mask_card_numbers(text))
 
 
-_MAX_DEPTH = 32
-
-
-def scrub_structure(value: Any, scrub: Callable[[str], str] = scrub_secrets, depth: int = 0) -> Any:
-    """A copy of JSON-like data with every string (keys too) scrubbed; other values unchanged."""
-    if isinstance(value, str):
-        return scrub(value)
-    if depth >= _MAX_DEPTH:
-        return scrub(repr(value))
-    if isinstance(value, dict):
-        return {scrub_structure(k, scrub, depth + 1): scrub_structure(v, scrub, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        items = [scrub_structure(item, scrub, depth + 1) for item in value]
-        return items if isinstance(value, list) else tuple(items)
-    return value
-
-
-# Attributes every LogRecord has; anything else on a record came from ``extra=`` (or structlog).
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class SecretScrubbingFilter(logging.Filter):
+class SecretScrubbingFilter(RecordScrubbingFilter):
     """Scrub secrets from a record before any handler formats it; never drops a record.
 
     Same contract as ``CardNumberMaskingFilter`` (put it on every handler, after that
-    one): the message is formatted and scrubbed and ``args`` cleared; structlog event
-    dicts, ``extra=`` values, ``stack_info`` and the exception text are scrubbed, and
+    one; both are ``payments.card_data.RecordScrubbingFilter``): the message is formatted
+    and scrubbed and ``args`` cleared; structlog event dicts, ``extra=`` values (not
+    structlog's ``_…`` ones), ``stack_info`` and the exception text are scrubbed, and
     the exception is kept only as scrubbed text (``exc_text``), never re-rendered.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, dict) and not record.args:
-            record.msg = scrub_structure(record.msg)
-        else:
-            try:
-                message = record.getMessage()
-            except Exception:  # a broken format string: logging would print msg and args raw
-                message = f"{record.msg!s} (unformattable arguments: {record.args!r})"
-            record.msg = scrub_secrets(message)
-            record.args = ()
-        for name, attribute in list(vars(record).items()):
-            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):
-                setattr(record, name, scrub_structure(attribute))
-        if record.stack_info:
-            record.stack_info = scrub_secrets(record.stack_info)
-        text = record.exc_text
-        if not text and record.exc_info and record.exc_info[0] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-        if text:
-            record.exc_text = scrub_text(text)
-            record.exc_info = None
-        return True
+    skip_private_extras = True
+
+    def scrub_string(self, text: str) -> str:
+        return scrub_secrets(text)
+
+    def scrub_exception(self, text: str) -> str:
+        return scrub_text(text)
 
 
 # --- request correlation --------------------------------------------------------

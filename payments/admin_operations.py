@@ -40,13 +40,8 @@ class OperatorActionForm(forms.Form):
     )
 
 
-class DeadLetterEventInline(admin.TabularInline[PaymentEvent, DeadLetteredPayment]):
-    model = PaymentEvent
-    fk_name = "payment"
-    fields = readonly_fields = ("at", "from_status", "to_status", "reason", "actor", "attempt", "data")
-    ordering = ["at", "id"]
-    extra = 0
-    can_delete = False
+class _NoAddOrChange:
+    """Nothing here is added or edited through the admin's forms: operators act through the actions (services)."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -55,8 +50,24 @@ class DeadLetterEventInline(admin.TabularInline[PaymentEvent, DeadLetteredPaymen
         return False
 
 
+class _ReadOnly(_NoAddOrChange):
+    """Nor deleted: the rows are the record of what happened."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class DeadLetterEventInline(_NoAddOrChange, admin.TabularInline[PaymentEvent, DeadLetteredPayment]):
+    model = PaymentEvent
+    fk_name = "payment"
+    fields = readonly_fields = ("at", "from_status", "to_status", "reason", "actor", "attempt", "data")
+    ordering = ["at", "id"]
+    extra = 0
+    can_delete = False
+
+
 @admin.register(DeadLetteredPayment)
-class DeadLetteredPaymentAdmin(admin.ModelAdmin[DeadLetteredPayment]):
+class DeadLetteredPaymentAdmin(_ReadOnly, admin.ModelAdmin[DeadLetteredPayment]):
     list_display = [
         "id",
         "dead_letter_reason",
@@ -106,15 +117,6 @@ class DeadLetteredPaymentAdmin(admin.ModelAdmin[DeadLetteredPayment]):
     @admin.display(description="idempotency key of the last attempt")
     def idempotency_key(self, payment: Payment) -> str:
         return payment.gateway_idempotency_key() if payment.attempts else "-"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)
@@ -183,7 +185,7 @@ class DeadLetteredPaymentAdmin(admin.ModelAdmin[DeadLetteredPayment]):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
+class DeadLetterAdmin(_ReadOnly, admin.ModelAdmin[DeadLetter]):
     list_display = ["received_at", "task_name", "reason", "queue", "death_count", "task_id", "payment_count"]
     list_filter = ["reason", "task_name", "queue"]
     search_fields = ["=task_id"]
@@ -204,18 +206,9 @@ class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
     def payment_count(self, dead_letter: DeadLetter) -> int:
         return len(dead_letter.payment_ids)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(GatewayCircuit)
-class GatewayCircuitAdmin(admin.ModelAdmin[GatewayCircuit]):
+class GatewayCircuitAdmin(_ReadOnly, admin.ModelAdmin[GatewayCircuit]):
     list_display = [
         "name",
         "state",
@@ -236,15 +229,6 @@ class GatewayCircuitAdmin(admin.ModelAdmin[GatewayCircuit]):
         "changed_at",
     )
     actions = ["close_circuit"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)

@@ -48,17 +48,19 @@ from __future__ import annotations
 import logging
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from itertools import accumulate, compress
 from operator import not_, sub
 from typing import Any
 
 __all__ = [
     "CardNumberMaskingFilter",
+    "RecordScrubbingFilter",
     "contains_card_number",
     "find_card_data",
     "mask_card_numbers",
     "mask_event_dict",
+    "scrub_structure",
 ]
 
 MIN_DIGITS = 13
@@ -328,22 +330,35 @@ def find_card_data(value: object, path: str = "") -> list[str]:
 _MAX_DEPTH = 32
 
 
-def _mask_structure(value: Any, depth: int = 0) -> Any:
-    """A copy of a log payload (strings, containers, numbers) with card numbers masked."""
+def scrub_structure(value: Any, scrub: Callable[[str], str], depth: int = 0, *, numbers: bool = False) -> Any:
+    """A copy of a log payload (strings, containers, numbers) with every string, keys too, passed through ``scrub``.
+
+    With ``numbers``, a number whose digits hold a card number becomes its masked digits. Other values are
+    kept as they are. Deeper (or self-referencing) data is flattened to its scrubbed ``repr`` rather than
+    walked forever. ``config.logging`` walks records with it too, to scrub secrets.
+    """
     if isinstance(value, str):
-        return mask_card_numbers(value)
+        return scrub(value)
     if depth >= _MAX_DEPTH:
-        # Deeper (or self-referencing) data is flattened rather than walked forever.
-        return mask_card_numbers(repr(value))
+        return scrub(repr(value))
     if isinstance(value, dict):
-        return {_mask_structure(k, depth + 1): _mask_structure(v, depth + 1) for k, v in value.items()}
+        return {
+            scrub_structure(k, scrub, depth + 1, numbers=numbers): scrub_structure(v, scrub, depth + 1, numbers=numbers)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        masked = [_mask_structure(item, depth + 1) for item in value]
-        return masked if isinstance(value, list) else tuple(masked)
-    digits = _number_text(value)
-    if digits is not None and contains_card_number(digits):
-        return mask_card_numbers(digits)
+        items = [scrub_structure(item, scrub, depth + 1, numbers=numbers) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    if numbers:
+        digits = _number_text(value)
+        if digits is not None and contains_card_number(digits):
+            return mask_card_numbers(digits)
     return value
+
+
+def _mask_structure(value: Any) -> Any:
+    """A copy of a log payload with card numbers masked, in strings and in numbers."""
+    return scrub_structure(value, mask_card_numbers, numbers=True)
 
 
 def mask_event_dict(_logger: object, _method_name: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
@@ -357,49 +372,77 @@ def mask_event_dict(_logger: object, _method_name: str, event_dict: MutableMappi
     return masked
 
 
-# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` (or structlog).
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-class CardNumberMaskingFilter(logging.Filter):
-    """Mask card numbers in a log record before any handler formats it; never drops a record.
+class RecordScrubbingFilter(logging.Filter):
+    """Scrub a log record in place before any handler formats it; never drops a record.
 
-    * ``%``-style records: the message is formatted first, then masked, then ``args``
-      is cleared, so a card number passed as an argument is caught too.
+    * ``%``-style records: the message is formatted first, then scrubbed, then ``args``
+      is cleared, so a value passed as an argument is caught too.
     * structlog records whose ``msg`` is the event dict (``ProcessorFormatter``):
-      the dict is masked value by value and stays a dict for the formatter.
-    * ``extra=`` attributes, ``stack_info`` and exception text are masked; an
-      exception whose traceback holds a card number is replaced by its masked text.
+      the dict is scrubbed value by value and stays a dict for the formatter.
+    * ``extra=`` attributes, ``stack_info`` and exception text are scrubbed; an exception
+      whose text :meth:`scrub_exception` rewrites is kept only as that text (``exc_text``),
+      never re-rendered from ``exc_info``.
 
-    Attach it to every handler (``"filters": [...]`` in LOGGING): logger-level
-    filters do not see records propagated from child loggers. It is idempotent,
-    so a record passing two filtered handlers is fine.
+    Subclasses say what to scrub: :meth:`scrub_string`, :meth:`scrub_value`, :meth:`scrub_exception`
+    and ``skip_private_extras``.
     """
+
+    skip_private_extras = False  # leave ``extra=`` attributes named ``_…`` (structlog's own) alone
+
+    def scrub_string(self, text: str) -> str:
+        raise NotImplementedError
+
+    def scrub_value(self, value: Any) -> Any:
+        return scrub_structure(value, self.scrub_string)
+
+    def scrub_exception(self, text: str) -> str | None:
+        """The text to keep instead of the exception, or None to leave the record's exception as it is."""
+        raise NotImplementedError
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, dict) and not record.args:
-            record.msg = _mask_structure(record.msg)
+            record.msg = self.scrub_value(record.msg)
         else:
             try:
                 message = record.getMessage()
             except Exception:  # a broken format string: logging would print msg and args raw
                 message = f"{record.msg!s} (unformattable arguments: {record.args!r})"
-            record.msg = mask_card_numbers(message)
+            record.msg = self.scrub_string(message)
             record.args = ()
         for name, attribute in list(vars(record).items()):
-            if name not in _RECORD_ATTRIBUTES:
-                setattr(record, name, _mask_structure(attribute))
+            if name not in _RECORD_ATTRIBUTES and not (self.skip_private_extras and name.startswith("_")):
+                setattr(record, name, self.scrub_value(attribute))
         if record.stack_info:
-            record.stack_info = mask_card_numbers(record.stack_info)
-        self._mask_exception(record)
-        return True
-
-    @staticmethod
-    def _mask_exception(record: logging.LogRecord) -> None:
+            record.stack_info = self.scrub_string(record.stack_info)
         text = record.exc_text
         if not text and record.exc_info and record.exc_info[0] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-        if text and contains_card_number(text):
-            # Keeping exc_info would let the handler's formatter render it again, unmasked.
-            record.exc_text = mask_card_numbers(text)
+        if text and (scrubbed := self.scrub_exception(text)) is not None:
+            # Keeping exc_info would let the handler's formatter render it again, unscrubbed.
+            record.exc_text = scrubbed
             record.exc_info = None
+        return True
+
+
+class CardNumberMaskingFilter(RecordScrubbingFilter):
+    """Mask card numbers in a log record (message, arguments, ``extra=`` values, numbers among
+    them, stack and exception text) before any handler formats it; never drops a record.
+
+    An exception is replaced by its masked text only when its text holds a card number.
+    Attach it to every handler (``"filters": [...]`` in LOGGING): logger-level
+    filters do not see records propagated from child loggers. It is idempotent,
+    so a record passing two filtered handlers is fine.
+    """
+
+    def scrub_string(self, text: str) -> str:
+        return mask_card_numbers(text)
+
+    def scrub_value(self, value: Any) -> Any:
+        return _mask_structure(value)
+
+    def scrub_exception(self, text: str) -> str | None:
+        return mask_card_numbers(text) if contains_card_number(text) else None

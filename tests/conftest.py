@@ -1,14 +1,16 @@
-"""Shared fixtures: users, their tokens and API clients (owner / outsider)."""
+"""Shared fixtures: users, their tokens and API clients (owner / outsider); the sandbox gateway process."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.services import token_issue
+from tests.sandbox_process import SandboxProcess
 
 
 @pytest.fixture
@@ -50,3 +52,35 @@ def api(owner: User, make_client: Callable[[User], APIClient]) -> APIClient:
 @pytest.fixture
 def outsider_api(outsider: User, make_client: Callable[[User], APIClient]) -> APIClient:
     return make_client(outsider)
+
+
+# --- the sandbox gateway as a subprocess (tests/sandbox_process.py); no database -----------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    """One gateway for the session; it must exit cleanly (code 0) on SIGTERM at the end."""
+    root = tmp_path_factory.mktemp("sandbox")
+    process = SandboxProcess(root / "data", root / "gateway.log", {"GATEWAY_LOG_LEVEL": "WARNING"})
+    process.start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def make_sandbox(tmp_path: Path) -> Iterator[Callable[..., SandboxProcess]]:
+    """Gateways of the test's own, for tests that stop, restart, reset or configure one; stopped at the end.
+
+    ``make_sandbox(data_dir=None, **extra_env)``: ``GATEWAY_*`` variables for that process only.
+    """
+    started: list[SandboxProcess] = []
+
+    def make(data_dir: Path | None = None, **extra_env: str) -> SandboxProcess:
+        process = SandboxProcess(data_dir or tmp_path / "data", tmp_path / f"gateway{len(started)}.log", extra_env)
+        process.start()
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()

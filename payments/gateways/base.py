@@ -8,10 +8,16 @@ attempt), so a repeated call for the same attempt never charges twice.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+C = TypeVar("C")
 
 
 class OutcomeKind(enum.StrEnum):
@@ -82,3 +88,67 @@ class Gateway(Protocol):
         moving on to a new key. Raises ``GatewayLookupError`` when the gateway cannot answer.
         """
         ...
+
+
+# --- per-process state (fork safety) -------------------------------------------------------------------
+
+
+class ProcessLocal(Generic[T]):
+    """A value created on first use in each process, never inherited across ``fork()``.
+
+    Celery's prefork pool forks workers from a parent that may already hold a gateway: sockets and
+    threads copied into the child are unusable (or, worse, shared with the parent). Each process
+    builds its own on first use; the parent's copy is dropped in the child, never closed there.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._value: tuple[int, T] | None = None
+        self._locks: dict[int, threading.Lock] = {}
+
+    def get(self) -> T:
+        pid = os.getpid()
+        current = self._value
+        if current is not None and current[0] == pid:
+            return current[1]
+        # One lock per pid: a lock copied by fork() while another thread held it would never be released.
+        with self._locks.setdefault(pid, threading.Lock()):
+            current = self._value
+            if current is None or current[0] != pid:
+                current = (pid, self._factory())
+                self._value = current
+            return current[1]
+
+    def pop(self) -> T | None:
+        """Forget this process's value and return it (to be closed), or None if it was never created here."""
+        current, self._value = self._value, None
+        return current[1] if current is not None and current[0] == os.getpid() else None
+
+
+class ProcessClient(Generic[C]):
+    """An adapter's client (a connection pool, an SDK client) and its thread pool, each per process.
+
+    Both are built on first use in each process (``ProcessLocal``), so a prefork child never uses
+    its parent's sockets or threads. ``close()`` ends this process's threads, then closes its client;
+    the next use builds new ones.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], C],
+        disconnect: Callable[[C], object],
+        *,
+        threads: int,
+        thread_name_prefix: str,
+    ) -> None:
+        self.client: ProcessLocal[C] = ProcessLocal(connect)
+        self.executor: ProcessLocal[ThreadPoolExecutor] = ProcessLocal(
+            lambda: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_name_prefix)
+        )
+        self._disconnect = disconnect
+
+    def close(self) -> None:
+        if (executor := self.executor.pop()) is not None:
+            executor.shutdown(wait=True)
+        if (client := self.client.pop()) is not None:
+            self._disconnect(client)

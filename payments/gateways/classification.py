@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final
@@ -388,6 +388,24 @@ def classify_stripe_error(
         return decline_outcome(decline_code, code, reference=reference, detail=f"{detail}/{decline_code or '-'}")
     headers = exc.headers or {}
     return _outcome(rule, detail, reference=reference, retry_after=parse_retry_after(headers.get("Retry-After")))
+
+
+def charge_outcome(
+    logger: logging.Logger, request: ChargeRequest, send: Callable[[ChargeRequest], ChargeOutcome]
+) -> ChargeOutcome:
+    """``Gateway.charge`` around an adapter's ``send`` (the one request): never raises.
+
+    Nothing is sent when ``preflight`` refuses; an exception from ``send`` (a bug of ours, perhaps after the
+    request left) is never a guess (``unexpected_error_outcome``); the outcome is logged either way.
+    """
+    outcome = preflight(request)
+    if outcome is None:
+        try:
+            outcome = send(request)
+        except Exception as exc:
+            outcome = unexpected_error_outcome(exc)
+    log_outcome(logger, request, outcome)
+    return outcome
 
 
 def log_outcome(logger: logging.Logger, request: ChargeRequest, outcome: ChargeOutcome) -> None:

@@ -16,7 +16,7 @@ import math
 import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
@@ -27,8 +27,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from payments.gateways import ProcessLocal, classification
-from payments.gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError
+from payments.gateways import classification
+from payments.gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, ProcessClient
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,13 @@ class SandboxGateway:
         # How long a request may wait for a free connection (whole seconds, urllib3's type). charge_many never
         # waits (one connection per thread); a find_charge from another thread during a batch may.
         self._pool_timeout = max(1, math.ceil(self.timeout))
-        self._pool: ProcessLocal[HTTPConnectionPool] = ProcessLocal(pool_factory or self._new_pool)
-        self._executor: ProcessLocal[ThreadPoolExecutor] = ProcessLocal(self._new_executor)
+        # charge_many runs on this thread and concurrency - 1 pool threads.
+        self._per_process: ProcessClient[HTTPConnectionPool] = ProcessClient(
+            pool_factory or self._new_pool,
+            lambda pool: pool.close(),
+            threads=self.concurrency - 1 or 1,
+            thread_name_prefix="sandbox-gateway",
+        )
 
     def _new_pool(self) -> HTTPConnectionPool:
         pool_class = KeepAliveHTTPSPool if self._scheme == "https" else KeepAlivePool
@@ -125,26 +130,13 @@ class SandboxGateway:
             keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
         )
 
-    def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.concurrency - 1 or 1, thread_name_prefix="sandbox-gateway")
-
     def close(self) -> None:
         """Close this process's connections and threads (tests, shutdown hooks)."""
-        if (executor := self._executor.pop()) is not None:
-            executor.shutdown(wait=True)
-        if (pool := self._pool.pop()) is not None:
-            pool.close()
+        self._per_process.close()
 
     # --- Gateway ----------------------------------------------------------------------------------------
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
-        outcome = classification.preflight(request)
-        if outcome is None:
-            try:
-                outcome = self._post_charge(request)
-            except Exception as exc:  # a bug of ours, perhaps after the request left: never a guess
-                outcome = classification.unexpected_error_outcome(exc)
-        classification.log_outcome(logger, request, outcome)
-        return outcome
+        return classification.charge_outcome(logger, request, self._post_charge)
 
     def charge_many(self, requests: Sequence[ChargeRequest]) -> list[ChargeOutcome]:
         count = len(requests)
@@ -168,7 +160,7 @@ class SandboxGateway:
                 outcomes[index] = self.charge(requests[index])
 
         helpers: list[Future[None]] = []
-        executor = self._executor.get()
+        executor = self._per_process.executor.get()
         for _ in range(min(self.concurrency, count) - 1):
             try:
                 helpers.append(executor.submit(work))
@@ -188,7 +180,7 @@ class SandboxGateway:
         """
         url = f"{self._charges_path}?{urlencode({'idempotency_key': idempotency_key})}"
         try:
-            response = self._pool.get().urlopen(
+            response = self._per_process.client.get().urlopen(
                 "GET", url, headers=_LOOKUP_HEADERS, pool_timeout=self._pool_timeout, **_ONE_REQUEST
             )
         except urllib3.exceptions.HTTPError as exc:
@@ -210,7 +202,7 @@ class SandboxGateway:
         body = charge_body(request)
         headers = {**_CHARGE_HEADERS, "Idempotency-Key": request.idempotency_key}
         try:
-            response = self._pool.get().urlopen(
+            response = self._per_process.client.get().urlopen(
                 "POST", self._charges_path, body=body, headers=headers, pool_timeout=self._pool_timeout, **_ONE_REQUEST
             )
         except urllib3.exceptions.HTTPError as exc:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -29,8 +28,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from payments.currencies import CURRENCY_EXPONENTS
-from payments.gateways import ProcessLocal, classification
-from payments.gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError
+from payments.gateways import classification
+from payments.gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, ProcessClient
 
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentCreateParams
@@ -156,8 +155,12 @@ class StripeGateway:
         self.max_network_retries = max(0, max_network_retries)
         self._transport = transport  # tests only
         self._api_base = api_base
-        self._connection: ProcessLocal[_Connection] = ProcessLocal(self._connect)
-        self._executor: ProcessLocal[ThreadPoolExecutor] = ProcessLocal(self._new_executor)
+        self._per_process: ProcessClient[_Connection] = ProcessClient(
+            self._connect,
+            lambda connection: connection.http.close(),
+            threads=self.concurrency,
+            thread_name_prefix="stripe-gateway",
+        )
 
     def _connect(self) -> _Connection:
         http = HttpxStripeClient(
@@ -176,31 +179,18 @@ class StripeGateway:
         )
         return _Connection(http=http, client=client)
 
-    def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="stripe-gateway")
-
     def close(self) -> None:
         """Close this process's connections and threads (tests, shutdown hooks)."""
-        if (executor := self._executor.pop()) is not None:
-            executor.shutdown(wait=True)
-        if (connection := self._connection.pop()) is not None:
-            connection.http.close()
+        self._per_process.close()
 
     # --- Gateway ----------------------------------------------------------------------------------------
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
-        outcome = classification.preflight(request)
-        if outcome is None:
-            try:
-                outcome = self._create_payment_intent(request)
-            except Exception as exc:  # a bug of ours, perhaps after the request left: never a guess
-                outcome = classification.unexpected_error_outcome(exc)
-        classification.log_outcome(logger, request, outcome)
-        return outcome
+        return classification.charge_outcome(logger, request, self._create_payment_intent)
 
     def charge_many(self, requests: Sequence[ChargeRequest]) -> list[ChargeOutcome]:
         if len(requests) <= 1:
             return [self.charge(request) for request in requests]
-        return list(self._executor.get().map(self.charge, requests))
+        return list(self._per_process.executor.get().map(self.charge, requests))
 
     def find_charge(self, idempotency_key: str) -> ChargeRecord | None:
         """The PaymentIntent created under this key, found with Stripe's Search API (by metadata).
@@ -219,7 +209,7 @@ class StripeGateway:
         A PaymentIntent that is not final yet (``processing``) raises ``GatewayLookupError``: ask again
         later. So does any failure to ask.
         """
-        connection = self._connection.get()
+        connection = self._per_process.client.get()
         connection.http.begin_call()
         query = f"metadata['idempotency_key']:'{_search_literal(idempotency_key)}'"
         try:
@@ -246,7 +236,7 @@ class StripeGateway:
             # idempotency_key in metadata lets find_charge search for it (it is not a secret).
             "metadata": {"payment_id": request.payment_id, "idempotency_key": request.idempotency_key},
         }
-        connection = self._connection.get()
+        connection = self._per_process.client.get()
         trace = connection.http.begin_call()
         try:
             intent = connection.client.v1.payment_intents.create(params, {"idempotency_key": request.idempotency_key})

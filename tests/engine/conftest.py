@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,16 +36,9 @@ from payments.execution import periodic_tasks_ensure
 from payments.models import Payment
 from payments.services import PaymentDraft, payment_create
 from payments.statuses import TERMINAL_STATUSES
+from tests.sandbox_process import PROJECT_ROOT, free_port
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:

@@ -10,7 +10,7 @@ import pytest
 
 from payments.gateways.base import ChargeRequest, GatewayLookupError, OutcomeKind
 from payments.gateways.sandbox import SandboxGateway
-from tests.gateways.conftest import SandboxProcess
+from tests.sandbox_process import SandboxProcess
 
 pytestmark = pytest.mark.processes
 

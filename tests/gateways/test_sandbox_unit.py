@@ -263,7 +263,7 @@ def test_charge_many_of_nothing_is_nothing():
 
 def test_charge_many_without_threads_still_charges_everything(make_request: MakeRequest):
     gateway, _ = stubbed(lambda sent: reply(201, {"id": "ch_1", "status": "succeeded"}), concurrency=4)
-    gateway._executor.get().shutdown()  # submit() now raises RuntimeError: the calling thread does the work
+    gateway._per_process.executor.get().shutdown()  # submit() now raises RuntimeError: the calling thread does the work
 
     outcomes = gateway.charge_many([make_request() for _ in range(5)])
 
@@ -328,7 +328,7 @@ def test_find_charge_asks_by_idempotency_key():
 # --- configuration -----------------------------------------------------------------------------------------------
 def test_the_pool_never_retries_and_never_outgrows_the_threads():
     gateway = SandboxGateway(base_url="http://127.0.0.1:8799", timeout=7.0, concurrency=12)
-    pool = gateway._pool.get()
+    pool = gateway._per_process.client.get()
 
     assert isinstance(pool, KeepAlivePool)
     assert pool.retries is False
@@ -344,7 +344,7 @@ def test_the_pool_never_retries_and_never_outgrows_the_threads():
 def test_an_https_url_gets_a_tls_pool():
     gateway = SandboxGateway(base_url="https://gateway.test", timeout=5.0)
 
-    pool = gateway._pool.get()
+    pool = gateway._per_process.client.get()
 
     assert isinstance(pool, urllib3.HTTPSConnectionPool)
     assert isinstance(pool, KeepAlivePool)
@@ -360,14 +360,14 @@ def test_a_url_it_cannot_speak_to_refuses_to_start(url: str):
 
 # --- one pool per process ---------------------------------------------------------------------------------------
 def _child_uses_its_own_pool(gateway: SandboxGateway, parent_pool_id: int, queue: Any) -> None:
-    pool = gateway._pool.get()
+    pool = gateway._per_process.client.get()
     queue.put((id(pool) != parent_pool_id, pool.pool is not None))
 
 
 def test_a_forked_child_builds_its_own_pool():
     # given a gateway whose pool the parent (a Celery prefork master, say) already created
     gateway = SandboxGateway(base_url="http://sandbox.test")
-    parent_pool = gateway._pool.get()
+    parent_pool = gateway._per_process.client.get()
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
 
@@ -378,20 +378,20 @@ def test_a_forked_child_builds_its_own_pool():
     assert child.exitcode == 0
     assert queue.get(timeout=5) == (True, True)
     # and the parent's pool is untouched
-    assert gateway._pool.get() is parent_pool
+    assert gateway._per_process.client.get() is parent_pool
     assert parent_pool.pool is not None
     gateway.close()
 
 
 def test_close_releases_and_a_later_call_reconnects(make_request: MakeRequest):
     gateway = SandboxGateway(base_url="http://sandbox.test", pool_factory=lambda: StubPool(_ok))
-    first = gateway._pool.get()
+    first = gateway._per_process.client.get()
 
     gateway.close()
 
     assert first.pool is None  # closed
     assert gateway.charge(make_request()).kind is OutcomeKind.SUCCEEDED
-    assert gateway._pool.get() is not first
+    assert gateway._per_process.client.get() is not first
 
 
 def _ok(sent: Sent) -> urllib3.BaseHTTPResponse:
@@ -610,7 +610,7 @@ def test_a_connection_idle_past_the_expiry_is_replaced(serve, adapters, make_req
 
     assert outcome.kind is OutcomeKind.SUCCEEDED
     assert [len(c.requests) for c in server.connections] == [2, 1]
-    pool = gateway._pool.get()
+    pool = gateway._per_process.client.get()
     assert isinstance(pool, KeepAlivePool)
     assert pool.expired_connections == 1
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sandbox_gateway.conftest import GatewayProcess
+from tests.sandbox_process import SandboxProcess
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(120)]
 
@@ -150,13 +150,13 @@ def test_it_rejects_the_same_key_with_a_different_body(client: httpx.Client, cha
     assert [c["id"] for c in charges_by_key(client, key)] == [first.json()["id"]]
 
 
-def test_it_makes_one_charge_for_twenty_concurrent_requests_with_one_key(gateway: GatewayProcess) -> None:
+def test_it_makes_one_charge_for_twenty_concurrent_requests_with_one_key(sandbox: SandboxProcess) -> None:
     # given twenty clients ready to send the same request at the same moment
     key, body = new_key(), charge_body()
     barrier = threading.Barrier(20)
 
     def send(_: int) -> httpx.Response:
-        with httpx.Client(base_url=gateway.url, timeout=10.0) as http:
+        with httpx.Client(base_url=sandbox.url, timeout=10.0) as http:
             http.get("/healthz")  # connect first, so the POSTs really overlap
             barrier.wait()
             return post_charge(http, key, body)
@@ -168,7 +168,7 @@ def test_it_makes_one_charge_for_twenty_concurrent_requests_with_one_key(gateway
     # then exactly one created it, every one got the same charge, and the ledger holds one
     assert sorted(r.status_code for r in responses) == [200] * 19 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
-    with httpx.Client(base_url=gateway.url) as http:
+    with httpx.Client(base_url=sandbox.url) as http:
         assert len(charges_by_key(http, key)) == 1
 
 
@@ -289,10 +289,10 @@ def test_it_hangs_without_charging_under_timeout_rate(client: httpx.Client) -> N
     assert charges_by_key(client, key) == []
 
 
-def test_it_charges_then_drops_the_connection_under_drop_response_rate(gateway: GatewayProcess) -> None:
+def test_it_charges_then_drops_the_connection_under_drop_response_rate(sandbox: SandboxProcess) -> None:
     # given every charge response is dropped
     key, body = new_key(), charge_body()
-    with httpx.Client(base_url=gateway.url, timeout=5.0) as http:
+    with httpx.Client(base_url=sandbox.url, timeout=5.0) as http:
         put_faults(http, drop_response_rate=1.0)
 
         # when a charge is posted, the client sees a dropped connection, not a response
@@ -410,9 +410,9 @@ def test_it_counts_charges_in_stats(client: httpx.Client) -> None:
     assert after["declined"] - before["declined"] == 1
 
 
-def test_it_keeps_its_ledger_across_a_restart(make_gateway: Callable[..., GatewayProcess]) -> None:
+def test_it_keeps_its_ledger_across_a_restart(make_sandbox: Callable[..., SandboxProcess]) -> None:
     # given a charge on a gateway
-    gateway = make_gateway()
+    gateway = make_sandbox()
     key, body = new_key(), charge_body()
     with httpx.Client(base_url=gateway.url) as http:
         created = post_charge(http, key, body).json()
@@ -430,8 +430,8 @@ def test_it_keeps_its_ledger_across_a_restart(make_gateway: Callable[..., Gatewa
         assert http.get("/v1/stats").json()["total"] == 1
 
 
-def test_it_takes_its_initial_faults_from_the_environment(make_gateway: Callable[..., GatewayProcess]) -> None:
-    gateway = make_gateway(GATEWAY_FAULTS='{"error_rate": 1, "latency_ms": 10}', GATEWAY_FAULT_SEED="42")
+def test_it_takes_its_initial_faults_from_the_environment(make_sandbox: Callable[..., SandboxProcess]) -> None:
+    gateway = make_sandbox(GATEWAY_FAULTS='{"error_rate": 1, "latency_ms": 10}', GATEWAY_FAULT_SEED="42")
     with httpx.Client(base_url=gateway.url) as http:
         assert http.get("/v1/faults").json() == {
             "latency_ms": 10,
@@ -442,8 +442,8 @@ def test_it_takes_its_initial_faults_from_the_environment(make_gateway: Callable
         assert_problem(post_charge(http, new_key(), charge_body()), 503, "gateway_unavailable")
 
 
-def test_it_resets_the_ledger_only_when_confirmed(make_gateway: Callable[..., GatewayProcess]) -> None:
-    gateway = make_gateway()
+def test_it_resets_the_ledger_only_when_confirmed(make_sandbox: Callable[..., SandboxProcess]) -> None:
+    gateway = make_sandbox()
     with httpx.Client(base_url=gateway.url) as http:
         key = new_key()
         post_charge(http, key, charge_body())
