@@ -91,24 +91,60 @@ class PaymentSerializer(serializers.Serializer):  # type: ignore[type-arg]
     metadata = serializers.DictField(child=serializers.CharField())
 
     def get_scheduled_local(self, payment: Payment) -> str:
-        try:
-            return format_local(payment.scheduled_for, payment.time_zone)
-        except ValueError:  # a zone this tzdata no longer knows: the wall time stored at creation
-            return payment.scheduled_local
+        return _scheduled_local(payment)
 
     @extend_schema_field(FailureSerializer(allow_null=True))
     def get_failure(self, payment: Payment) -> dict[str, str] | None:
-        if payment.public_status != PublicStatus.FAILED:
-            return None
-        return {"code": payment.failure_code or "unknown", "message": payment.failure_message}
+        return _failure(payment)
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_gateway_reference(self, payment: Payment) -> str | None:
         return payment.gateway_reference or None
 
 
+def _scheduled_local(payment: Payment) -> str:
+    try:
+        return format_local(payment.scheduled_for, payment.time_zone)
+    except ValueError:  # a zone this tzdata no longer knows: the wall time stored at creation
+        return payment.scheduled_local
+
+
+def _failure(payment: Payment) -> dict[str, str] | None:
+    if payment.public_status != PublicStatus.FAILED:
+        return None
+    return {"code": payment.failure_code or "unknown", "message": payment.failure_message}
+
+
+def _instant_or_none(value: datetime | None) -> str | None:
+    return None if value is None else format_instant(value)
+
+
 def payment_representation(payment: Payment) -> dict[str, Any]:
-    return dict(PaymentSerializer(payment).data)
+    """The contract's payment object, exactly as ``PaymentSerializer`` renders it (a test compares them).
+
+    Built directly because a DRF serializer instantiates and deep-copies its fields for
+    every object: ~0.2 ms each, a sixth of a create's CPU and most of a list page's.
+    ``PaymentSerializer`` remains the description in the OpenAPI schema.
+    """
+    return {
+        "id": str(payment.pk),
+        "status": str(payment.public_status),
+        "amount": payment.amount_display,
+        "currency": payment.currency,
+        "payee": {"name": payment.payee_name, "account_last4": payment.payee_account_last4},
+        "description": payment.description,
+        "scheduled_for": format_instant(payment.scheduled_for),
+        "time_zone": payment.time_zone,
+        "scheduled_local": _scheduled_local(payment),
+        "created_at": format_instant(payment.created_at),
+        "updated_at": format_instant(payment.updated_at),
+        "executed_at": _instant_or_none(payment.executed_at),
+        "canceled_at": _instant_or_none(payment.canceled_at),
+        "attempts": payment.attempts,
+        "failure": _failure(payment),
+        "gateway_reference": payment.gateway_reference or None,
+        "metadata": {str(key): str(value) for key, value in payment.metadata.items()},
+    }
 
 
 class PaymentListSerializer(serializers.Serializer):  # type: ignore[type-arg]

@@ -87,3 +87,54 @@ def test_the_browsable_docs_page_loads():
     response = Client().get("/api/docs/")
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"status": "succeeded", "gateway_reference": "ch_1", "attempts": 1, "executed": True},
+        {"status": "failed", "failure_code": "card_declined", "failure_message": "Declined", "attempts": 2},
+        {"status": "failed", "failure_code": "", "failure_message": ""},
+        {"status": "canceled", "canceled": True},
+        {"status": "reconciling", "attempts": 1, "time_zone": "Europe/Kyiv"},
+        {"time_zone": "Mars/Olympus_Mons", "scheduled_local": "2027-01-01T09:00:00"},
+    ],
+)
+def test_the_payment_representation_is_what_the_documented_serializer_renders(owner, changes):
+    # The API builds the payment object without DRF's serializer (it is faster); the schema
+    # documents PaymentSerializer: both must render the same JSON, byte for byte.
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rest_framework.renderers import JSONRenderer
+
+    from payments.models import Payment
+    from payments.serializers import payment_representation
+
+    now = timezone.now()
+    executed, canceled = changes.pop("executed", False), changes.pop("canceled", False)
+    fields = {
+        "owner": owner,
+        "amount_minor": 12550,
+        "currency": "EUR",
+        "payment_method": "pm_card_visa",
+        "payee_name": "ACME Utilities",
+        "payee_account": "DE21370400440532014321",
+        "payee_account_last4": "4321",
+        "description": "March rent",
+        "metadata": {"invoice": "2027-03", "n": "1"},
+        "scheduled_for": now + timedelta(days=3),
+        "time_zone": "America/New_York",
+        "scheduled_local": "",
+        "created_at": now,
+        "updated_at": now,
+        "executed_at": now if executed else None,
+        "canceled_at": now if canceled else None,
+    }
+    payment = Payment.objects.create(**(fields | changes))
+    payment.refresh_from_db()
+
+    rendered = JSONRenderer().render(payment_representation(payment))
+    assert rendered == JSONRenderer().render(PaymentSerializer(payment).data)
