@@ -144,8 +144,9 @@ def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
                 "owner": owner_id,
                 "pending_cap": max_pending + 1,
                 "currency": data.currency,
-                "day_start": day_start,
-                "day_end": day_start + timedelta(days=1),
+                # adapted: SQLite compares the stored text, which has no offset
+                "day_start": connection.ops.adapt_datetimefield_value(day_start),
+                "day_end": connection.ops.adapt_datetimefield_value(day_start + timedelta(days=1)),
                 **_PENDING_PARAMS,
                 **_NOT_MOVING_PARAMS,
             },
