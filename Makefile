@@ -59,7 +59,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench-smoke
 
-bench: $(STAMP) ## the benchmark: the real stack, five workloads, results in bench/results (~15 min)
+bench: $(STAMP) ## the benchmark: the real stack, five workloads, results in bench/results (~13 min)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-smoke: $(STAMP) ## the benchmark at tiny sizes (checks the harness, ~1.5 min), results in bench/results/tmp
