@@ -228,6 +228,10 @@ class Bench:
         if dead:
             raise RuntimeError(f"stack process(es) exited: {dead}\n" + self.stack.processes[dead[0]].log_tail())
 
+    def pid_of(self, name: str) -> int:
+        """The pid of one of the stack's processes (``web``: gunicorn's master, ``worker``: Celery's)."""
+        return self.stack.processes[name].popen.pid
+
     def stop_process(self, name: str) -> None:
         self.stack.stop(name)
         self.stopped.add(name)

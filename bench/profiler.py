@@ -1,4 +1,8 @@
-"""Where the CPU goes, in the harness process (py-spy is not installed on this machine).
+"""Where the CPU goes, in the harness process: cProfile of the execution path and of a POST, run in-process.
+
+The stack's own processes (gunicorn, the Celery worker) are sampled with py-spy from
+outside instead (``bench/pyspy.py``); this in-process profile adds exact call counts and
+the split between the steps of one code path.
 
 ``cpu_profile()`` runs ``cProfile`` with each thread's own CPU clock
 (``time.thread_time``) in the calling thread and in every thread started
@@ -96,7 +100,7 @@ class CpuProfile:
             return [{"name": name, "share": round(value / total, 3)} for name, value in ranked]
 
         return {
-            "method": "cProfile on per-thread CPU clocks, all threads (py-spy is not installed)",
+            "method": "cProfile on per-thread CPU clocks, all threads, in the harness process",
             "seconds": round(self.elapsed, 3),
             "profiled_cpu_seconds": round(total, 3),
             "threads": len(self.profiles),

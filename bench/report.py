@@ -239,6 +239,25 @@ def _cpu_line(cpu: dict[str, Any]) -> str:
     return f"CPU (cores, of {_fmt(cpu.get('cores_total'))}): {parts}{extra}."
 
 
+def _pyspy_lines(profile: dict[str, Any] | None, what: str) -> list[str]:
+    """A paragraph on a py-spy profile of the stack's processes (see bench/pyspy.py), or why there is none."""
+    if not profile:
+        return []
+    if profile.get("error"):
+        return ["", f"No py-spy profile of {what}: {profile['error']}."]
+
+    def listed(key: str, count: int) -> str:
+        return ", ".join(f"`{p['name']}` {p['share']:.0%}" for p in profile.get(key, [])[:count])
+
+    return [
+        "",
+        f"Where the CPU goes, py-spy on {what} ({profile['samples']:,} samples; {profile['method']}): "
+        f"self time by package {listed('by_package', 8)}; by function {listed('by_function', 6)}; "
+        f"this project's functions, inclusive: {listed('ours_inclusive', 8)}. "
+        f"Collapsed stacks (flamegraph.pl / speedscope input): `{profile.get('collapsed_stacks')}`.",
+    ]
+
+
 def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     meta = results["meta"]
     w = results.get("workloads", {})
@@ -342,6 +361,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             "",
             _cpu_line(r["window"]["cpu"]),
         ]
+        out += _pyspy_lines(r.get("worker_profile"), "the Celery worker (pool included) while it executed this load")
         if "steady" in plots:
             out += ["", f"![steady]({plots['steady']})"]
     if "sweep" in w:
@@ -424,6 +444,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             "",
             f"POST ÷ no-op GET: {_fmt(r['post_ratio_to_noop'])}; GET ÷ no-op GET: {_fmt(r['get_ratio_to_noop'])}.",
         ]
+        out += _pyspy_lines(r.get("post_web_profile"), "the gunicorn workers during the POST phase sampled by py-spy")
         if "api" in plots:
             out += ["", f"![api]({plots['api']})"]
     if "resources" in w:

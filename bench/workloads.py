@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from . import loadgen
+from . import loadgen, pyspy
 from .context import PG_STATS_LAG_SECONDS, RABBIT_STATS_LAG_SECONDS, Bench, utc
 from .profiler import cpu_profile
 from .rows import DUE_NOW_SQL, FUTURE_SQL, insert_payments, template_payment
@@ -372,6 +372,8 @@ def run_steady(b: Bench) -> dict[str, Any]:
         b.notes.append(f"steady: creation fell behind or was rejected: {created.as_dict()}")
     b.sleep_until(start_ts)
     window = Window(b, "steady")
+    # The real worker processes, sampled from outside while they execute the steady load.
+    profile = pyspy.Recording(b.pid_of("worker"), min(seconds, 30.0), b.stack.run_dir / "pyspy-steady-worker.txt")
     all_terminal, counts, finished = b.wait_terminal(
         ids, timeout=seconds + b.sizes.drain_timeout_seconds, what="steady", due_until=dues[-1]
     )
@@ -405,6 +407,7 @@ def run_steady(b: Bench) -> dict[str, Any]:
         "ledger": check_ledger(b, summary, ids[:: max(1, len(ids) // 100)]),
         "window": window.report(summary["succeeded"], cpu_end=min(finished, start_ts + seconds)),
         "lateness_over_time": over_time,
+        "worker_profile": profile.finish(),
     }
 
 
@@ -475,6 +478,22 @@ def run_api(b: Bench) -> dict[str, Any]:
             ),
             f"closed loop, {concurrency} connections",
         )
+    # The real gunicorn workers, sampled from outside during one more POST phase: its rate is
+    # reported (the sampling's cost shows against the phase above) but judged against nothing.
+    profile = pyspy.Recording(b.pid_of("web"), seconds, b.stack.run_dir / "pyspy-api-post-web.txt")
+    profiled_post = run(
+        lambda: loadgen.closed_loop(
+            host,
+            port,
+            name="payment POST, py-spy sampling",
+            factory=poster("api-post-profiled", "/api/v1/payments"),
+            concurrency=concurrency,
+            seconds=seconds,
+            ok_status=201,
+        ),
+        f"closed loop, {concurrency} connections",
+    )
+    profiled_post["web_profile"] = profile.finish()
     post_max = maxima["payment POST"]["throughput_rps"]
     # Half the measured maximum first (sustainable by definition), then half the target (perhaps not).
     target_half = TARGET_POST_RPS / 2
@@ -507,6 +526,7 @@ def run_api(b: Bench) -> dict[str, Any]:
         "max_throughput": maxima,
         "post_at_half_load": at_half,
         "post_rps": post_max,
+        "post_web_profile": profiled_post["web_profile"],
         "post_ratio_to_noop": _per(post_max, int(noop_rps) if noop_rps else 0),
         "get_ratio_to_noop": _per(maxima["payment GET"]["throughput_rps"], int(noop_rps) if noop_rps else 0),
         "phases": phases,

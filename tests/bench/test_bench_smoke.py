@@ -62,6 +62,17 @@ def assert_execution(result: dict[str, Any], what: str) -> None:
     assert result["ledger"]["sampled_charged_twice"] == 0, what
 
 
+def assert_pyspy(profile: dict[str, Any], what: str) -> None:
+    """A py-spy profile of the stack's processes: samples taken, shares that are shares, the stacks on disk."""
+    assert "error" not in profile, (what, profile)
+    assert profile["samples"] > 0, what
+    for key in ("by_package", "by_function", "ours_inclusive"):
+        assert profile[key], (what, key)
+        assert all(0 < entry["share"] <= 1 for entry in profile[key]), (what, key)
+    assert sum(entry["share"] for entry in profile["by_package"]) <= 1.001, what
+    assert Path(profile["collapsed_stacks"]).stat().st_size > 0, what
+
+
 @pytest.fixture
 def servers() -> tuple[str, str]:
     database = os.environ.get("DATABASE_URL", "")
@@ -121,6 +132,7 @@ def test_the_quick_benchmark_writes_well_formed_results(servers: tuple[str, str]
     assert sum(point["count"] for point in over_time) == steady["succeeded"]
     for point in over_time:
         assert point["p50"] <= point["p99"] <= point["max"], point
+    assert_pyspy(steady["worker_profile"], "steady worker")
 
     # API: every phase answered, percentiles in order, the no-op reference is there
     api = data["workloads"]["api"]
@@ -133,6 +145,7 @@ def test_the_quick_benchmark_writes_well_formed_results(servers: tuple[str, str]
         assert is_positive(phase["throughput_rps"]), phase["name"]
         assert_summary(phase["latency_ms"], phase["name"])
     assert is_number(api["post_ratio_to_noop"])
+    assert_pyspy(api["post_web_profile"], "API web")
 
     # resources: memory of web and worker, transactions and queries per payment
     resources = data["workloads"]["resources"]
