@@ -62,15 +62,22 @@ def assert_execution(result: dict[str, Any], what: str) -> None:
     assert result["ledger"]["sampled_charged_twice"] == 0, what
 
 
-def assert_pyspy(profile: dict[str, Any], what: str) -> None:
-    """A py-spy profile of the stack's processes: samples taken, shares that are shares, the stacks on disk."""
+def assert_pyspy(profile: dict[str, Any], what: str, *, busy: bool) -> None:
+    """A py-spy profile of the stack's processes: it ran, shares that are shares, the stacks on disk.
+
+    ``busy``: the processes were busy for the whole sampling (the web during a closed loop),
+    so samples must have been taken; a worker executing 100 payments may spend only a few
+    hundredths of a second in Python, which at 100 Hz can be no sample at all.
+    """
     assert "error" not in profile, (what, profile)
-    assert profile["samples"] > 0, what
+    assert profile["samples"] > 0 or not busy, what
     for key in ("by_package", "by_function", "ours_inclusive"):
-        assert profile[key], (what, key)
         assert all(0 < entry["share"] <= 1 for entry in profile[key]), (what, key)
     assert sum(entry["share"] for entry in profile["by_package"]) <= 1.001, what
-    assert Path(profile["collapsed_stacks"]).stat().st_size > 0, what
+    if busy:
+        assert profile["by_package"], what
+        assert profile["ours_inclusive"], what
+    assert Path(profile["collapsed_stacks"]).exists(), what
 
 
 @pytest.fixture
@@ -132,7 +139,7 @@ def test_the_quick_benchmark_writes_well_formed_results(servers: tuple[str, str]
     assert sum(point["count"] for point in over_time) == steady["succeeded"]
     for point in over_time:
         assert point["p50"] <= point["p99"] <= point["max"], point
-    assert_pyspy(steady["worker_profile"], "steady worker")
+    assert_pyspy(steady["worker_profile"], "steady worker", busy=False)
 
     # API: every phase answered, percentiles in order, the no-op reference is there
     api = data["workloads"]["api"]
@@ -145,7 +152,7 @@ def test_the_quick_benchmark_writes_well_formed_results(servers: tuple[str, str]
         assert is_positive(phase["throughput_rps"]), phase["name"]
         assert_summary(phase["latency_ms"], phase["name"])
     assert is_number(api["post_ratio_to_noop"])
-    assert_pyspy(api["post_web_profile"], "API web")
+    assert_pyspy(api["post_web_profile"], "API web", busy=True)
 
     # resources: memory of web and worker, transactions and queries per payment
     resources = data["workloads"]["resources"]
