@@ -115,17 +115,22 @@ def test_keys_are_scoped_to_the_user(api, outsider_api):
     assert Payment.objects.count() == 2
 
 
-@contextmanager
-def key_in_flight(user, key: str):
-    """Another request holding ``key``: its advisory lock, taken on a connection of its own."""
+def other_connection() -> psycopg.Connection:
+    """A second session on the test database, as a parallel request would have (autocommit)."""
     settings_dict = connection.settings_dict
-    with psycopg.connect(
+    return psycopg.connect(
         dbname=settings_dict["NAME"],
         host=settings_dict["HOST"] or "127.0.0.1",
         port=settings_dict["PORT"] or 5432,
         user=settings_dict["USER"],
         autocommit=True,
-    ) as other:
+    )
+
+
+@contextmanager
+def key_in_flight(user, key: str):
+    """Another request holding ``key``: its advisory lock, taken on a connection of its own."""
+    with other_connection() as other:
         other.execute("SELECT pg_advisory_lock(%s, %s)", idempotency.idempotency_lock_id(user.pk, key))
         yield
         other.execute("SELECT pg_advisory_unlock(%s, %s)", idempotency.idempotency_lock_id(user.pk, key))
@@ -192,10 +197,7 @@ def test_a_request_that_loses_the_key_to_a_parallel_one_rolls_back_and_replays_i
 
     def work(now):
         make_bare_payment(owner)
-        settings_dict = connection.settings_dict
-        with psycopg.connect(
-            dbname=settings_dict["NAME"], host=settings_dict["HOST"] or "127.0.0.1", user=settings_dict["USER"]
-        ) as other:
+        with other_connection() as other:
             other.execute(
                 "INSERT INTO payments_idempotencyrecord"
                 " (user_id, key, fingerprint, response_status, response_body, created_at, expires_at)"
