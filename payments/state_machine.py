@@ -207,6 +207,10 @@ def _outcome_changes(write: OutcomeWrite, now: datetime) -> dict[str, Any]:
     return changes
 
 
+def _lease_expired(payment: Payment, now: datetime) -> bool:
+    return payment.lease_expires_at is not None and payment.lease_expires_at <= now
+
+
 class _PortableBatch:
     """Any database: one short transaction per payment through ``apply_transition``.
 
@@ -271,12 +275,17 @@ class _PortableBatch:
         )
         return [Claim(p.pk, p.scheduled_for) for p in moved]
 
-    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        ids = list(
-            Payment.objects.filter(status=Status.DISPATCHED, lease_expires_at__lte=timezone.now())
+    @staticmethod
+    def _expired_leases(status: str, limit: int) -> list[uuid.UUID]:
+        """Ids of payments in ``status`` whose lease has run out, oldest first (re-checked under the lock)."""
+        return list(
+            Payment.objects.filter(status=status, lease_expires_at__lte=timezone.now())
             .order_by("lease_expires_at")
             .values_list("pk", flat=True)[:limit]
         )
+
+    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
+        ids = self._expired_leases(Status.DISPATCHED, limit)
         moved = self._move(
             ids,
             to=Status.DISPATCHED,
@@ -284,16 +293,12 @@ class _PortableBatch:
             reason="lease_expired",
             expected_from={Status.DISPATCHED},
             changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
-            when=lambda p, now: p.lease_expires_at is not None and p.lease_expires_at <= now,
+            when=_lease_expired,
         )
         return [Claim(p.pk, p.scheduled_for) for p in moved]
 
     def expire_submissions(self, *, limit: int, actor: str) -> list[uuid.UUID]:
-        ids = list(
-            Payment.objects.filter(status=Status.SUBMITTING, lease_expires_at__lte=timezone.now())
-            .order_by("lease_expires_at")
-            .values_list("pk", flat=True)[:limit]
-        )
+        ids = self._expired_leases(Status.SUBMITTING, limit)
         moved = self._move(
             ids,
             to=Status.RECONCILING,
@@ -301,7 +306,7 @@ class _PortableBatch:
             reason="lease_expired",
             expected_from={Status.SUBMITTING},
             changes=lambda p, now: {"lease_expires_at": None, "next_attempt_at": now},
-            when=lambda p, now: p.lease_expires_at is not None and p.lease_expires_at <= now,
+            when=_lease_expired,
         )
         return [p.pk for p in moved]
 
