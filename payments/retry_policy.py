@@ -82,9 +82,11 @@ OUTCOME_TABLE: Final[Mapping[tuple[Phase, OutcomeKind, bool], Rule]] = {
     (_R, SUCCEEDED, False): _CHARGED,
     (_R, SUCCEEDED, True): _CHARGED,
     (_R, DECLINED, False): _DECLINED,
-    (_R, DECLINED, True): _REJECTED,
     # Once in doubt, always the same key: a refused re-send proves only that *this* request did not
-    # charge, not that an earlier one with the key is not still in flight. Ask again on the ladder.
+    # charge, not that an earlier one with the key is not still in flight. A gateway that refuses our
+    # request (config, credentials) needs a person, and the re-drive reconciles first, never a new
+    # key (gateway_rejected would re-drive with one). The rest ask again on the ladder.
+    (_R, DECLINED, True): _OPERATOR,
     (_R, RETRYABLE, False): Rule(Status.RECONCILING, "resend_inconclusive"),
     (_R, RETRYABLE, True): _OPERATOR,
     (_R, UNKNOWN, False): Rule(Status.RECONCILING, "resend_inconclusive"),

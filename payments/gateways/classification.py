@@ -379,6 +379,9 @@ def classify_stripe_error(
         rule = Rule(RETRYABLE, why="could not connect to Stripe: the request was never sent")
     if rule.kind is RETRYABLE and earlier_try_may_have_charged:
         rule = Rule(UNKNOWN, why=STRIPE_RETRY_MAY_HAVE_CHARGED)
+    elif rule.failure_code == GATEWAY_REJECTED and earlier_try_may_have_charged:
+        # "Refused" is proof that nothing was charged only if no earlier try may have been processed.
+        rule = Rule(UNKNOWN, needs_operator=True, why=f"{rule.why}; {STRIPE_RETRY_MAY_HAVE_CHARGED}")
 
     if isinstance(exc, stripe.CardError):
         if code in RETRYABLE_CARD_ERROR_CODES or decline_code in RETRYABLE_CARD_ERROR_CODES:

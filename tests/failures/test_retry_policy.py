@@ -109,6 +109,8 @@ def test_the_table_covers_every_phase_kind_and_operator_flag() -> None:
         (Phase.SUBMIT, OutcomeKind.UNKNOWN, True, Status.DEAD_LETTERED, DeadLetterReason.NEEDS_OPERATOR),
         (Phase.RESEND, OutcomeKind.SUCCEEDED, False, Status.SUCCEEDED, ""),
         (Phase.RESEND, OutcomeKind.DECLINED, False, Status.FAILED, ""),
+        # a re-send our gateway refused proves nothing about the earlier request: a person, then the same key
+        (Phase.RESEND, OutcomeKind.DECLINED, True, Status.DEAD_LETTERED, DeadLetterReason.NEEDS_OPERATOR),
         # once in doubt, never a new key: a refused re-send asks again later
         (Phase.RESEND, OutcomeKind.RETRYABLE, False, Status.RECONCILING, ""),
         (Phase.RESEND, OutcomeKind.UNKNOWN, False, Status.RECONCILING, ""),
@@ -130,6 +132,9 @@ def test_no_row_retries_an_outcome_that_may_have_charged_with_a_new_key() -> Non
     for (phase, kind, _), rule in OUTCOME_TABLE.items():
         if rule.to_status == Status.RETRY_SCHEDULED:
             assert (phase, kind) == (Phase.SUBMIT, OutcomeKind.RETRYABLE)
+        # nor later, through an operator's re-drive: once in doubt, a dead letter reconciles first
+        if phase is Phase.RESEND and rule.to_status == Status.DEAD_LETTERED:
+            assert redrive_kind(rule.dead_letter_reason) is not Redrive.NEW_ATTEMPT, (phase, kind, rule)
 
 
 def test_a_retry_records_what_the_backoff_drew() -> None:

@@ -390,6 +390,10 @@ def test_a_card_error_keeps_the_payment_intent_id():
         (_card_error("card_declined"), False, True, DECLINED),
         # never_sent only ever upgrades a connection error
         (_error(stripe.APIError, 500), True, False, UNKNOWN),
+        # "our request was refused" proves nothing was charged only when no earlier try may have been processed
+        (_error(stripe.InvalidRequestError, 400, param="amount"), False, False, DECLINED),
+        (_error(stripe.InvalidRequestError, 400, param="amount"), False, True, UNKNOWN),
+        (_error(stripe.AuthenticationError, 401), False, True, UNKNOWN),
     ],
 )
 def test_stripe_retry_history_decides_retryable_or_unknown(exc, never_sent, earlier_try_may_have_charged, kind):
