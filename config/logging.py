@@ -20,7 +20,9 @@ Speed: on a line with nothing to mask each step is one C-level regex scan.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
 
 __all__ = [
+    "OncePerInterval",
     "RequestLogContextMiddleware",
     "SecretScrubbingFilter",
     "json_formatter",
@@ -115,6 +118,22 @@ class SecretScrubbingFilter(RecordScrubbingFilter):
 
 
 # --- request correlation --------------------------------------------------------
+
+
+class OncePerInterval(logging.Filter):
+    """Let one record through per ``seconds`` (per process), for loggers that repeat one failure per request."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._next = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
 
 
 class RequestLogContextMiddleware:

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from payments.error_codes import ErrorCode, FieldError, ProblemError
@@ -57,6 +58,11 @@ def problem_body(problem: ProblemError, request_id: str = "") -> dict[str, Any]:
 
 def problem_response(problem: ProblemError, request: Any = None) -> Response:
     request_id = getattr(request, "request_id", "") if request is not None else ""
+    if request is not None:
+        # DRF renders the response with the renderer the request negotiated; views that render
+        # YAML or HTML (the schema, Swagger UI) would otherwise send a problem in their format.
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = PROBLEM_CONTENT_TYPE
     response = Response(problem_body(problem, request_id), status=problem.status, content_type=PROBLEM_CONTENT_TYPE)
     for name, value in problem.headers.items():
         response[name] = value

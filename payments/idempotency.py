@@ -57,6 +57,7 @@ from rest_framework.renderers import JSONRenderer
 from accounts.models import User
 
 from . import selectors
+from .card_data import contains_card_number
 from .error_codes import ErrorCode, ProblemError
 from .models import IdempotencyRecord
 
@@ -118,6 +119,13 @@ def idempotency_key_from(request: HttpRequest) -> str:
             ErrorCode.IDEMPOTENCY_KEY_INVALID,
             400,
             "The Idempotency-Key header must be 1-255 printable ASCII characters.",
+        )
+    if contains_card_number(raw):
+        # The key is stored (in clear, it is looked up by value) for the retention period.
+        raise ProblemError(
+            ErrorCode.IDEMPOTENCY_KEY_INVALID,
+            400,
+            "The Idempotency-Key header must not contain a card number; use a random value such as a UUID.",
         )
     return raw
 

@@ -313,6 +313,7 @@ LOGGING = {
     "filters": {
         "mask_card_numbers": {"()": "payments.card_data.CardNumberMaskingFilter"},
         "scrub_secrets": {"()": "config.logging.SecretScrubbingFilter"},
+        "once_a_minute": {"()": "config.logging.OncePerInterval", "seconds": 60},
     },
     "formatters": {"json": {"()": "config.logging.json_formatter"}},
     "handlers": {
@@ -336,6 +337,9 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
         "stripe": {"level": "WARNING"},
+        # With Redis down every cache call logs a traceback (the throttles fail open): one a minute
+        # per process says it, thousands a minute would bury everything else and flood Sentry.
+        "django_redis.cache": {"filters": ["once_a_minute"]},
     },
 }
 

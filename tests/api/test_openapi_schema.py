@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 
 import pytest
@@ -81,6 +82,16 @@ def test_the_docs_match_what_the_code_does():
 
     event.at = timezone.now()
     assert list(PaymentEventSerializer().fields) == list(event_representation(event))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+def test_errors_of_the_schema_and_docs_pages_are_json_problems_too(path):
+    # these views render YAML and HTML; their errors must still be problem+json
+    response = Client().get(path, HTTP_AUTHORIZATION="Bearer spt_wrong")
+    assert response.status_code == 401
+    assert response["Content-Type"].startswith("application/problem+json")
+    assert json.loads(response.content)["code"] == "not_authenticated"
 
 
 def test_the_browsable_docs_page_loads():
