@@ -20,7 +20,7 @@ from .crypto import payee_account_hmac
 from .currencies import format_minor_units, to_minor_units
 from .error_codes import ErrorCode, FieldError, ProblemError
 from .models import IdempotencyRecord, Payment
-from .state_machine import apply_transition, lock_payment, record_creation
+from .state_machine import apply_transition, database_now, lock_payment, record_creation
 from .statuses import CANCELABLE_STATUSES, INTERNAL_STATUSES, PublicStatus, Status
 
 logger = logging.getLogger(__name__)
@@ -233,9 +233,10 @@ def idempotency_purge_expired(*, now: datetime | None = None, batch_size: int = 
     """Delete idempotency records past ``expires_at``, in small batches; returns how many.
 
     Batches keep each delete's locks and WAL short, so this can run every few
-    minutes beside live traffic.
+    minutes beside live traffic. ``now`` defaults to the database's clock, the one
+    ``expires_at`` was set from: a worker whose clock runs ahead must not free keys early.
     """
-    now = now or timezone.now()
+    now = now or database_now()
     total = 0
     while True:
         batch = list(

@@ -373,6 +373,8 @@ class _PortableBatch:
         return SubmissionStart(submitting, not_yet_due)
 
     def record_outcomes(self, writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
+        for write in writes:
+            _check_allowed(from_status, write.to_status)  # an illegal outcome is a bug: raise, as on PostgreSQL
         applied = []
         for write in sorted(writes, key=lambda w: w.payment_id):
             with transaction.atomic():

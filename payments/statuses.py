@@ -55,9 +55,9 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
         {Status.SUCCEEDED, Status.FAILED, Status.RETRY_SCHEDULED, Status.RECONCILING, Status.DEAD_LETTERED}
     ),
     Status.RETRY_SCHEDULED: frozenset({Status.SUBMITTING, Status.DEAD_LETTERED}),
-    Status.RECONCILING: frozenset(
-        {Status.SUBMITTING, Status.SUCCEEDED, Status.FAILED, Status.RETRY_SCHEDULED, Status.DEAD_LETTERED}
-    ),
+    # Never to submitting or retry_scheduled: an attempt in doubt is only ever re-sent under its own key
+    # (reconciliation records outcomes from reconciling); a new attempt needs a person (dead_lettered).
+    Status.RECONCILING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD_LETTERED}),
     Status.DEAD_LETTERED: frozenset({Status.RETRY_SCHEDULED, Status.RECONCILING, Status.SUCCEEDED, Status.FAILED}),
     Status.SUCCEEDED: frozenset(),
     Status.FAILED: frozenset(),

@@ -4,7 +4,6 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from payments.selectors import database_now
 from payments.services import idempotency_purge_expired
 
 
@@ -15,5 +14,5 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=1000, help="rows per DELETE (default 1000)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        deleted = idempotency_purge_expired(now=database_now(), batch_size=options["batch_size"])
+        deleted = idempotency_purge_expired(batch_size=options["batch_size"])
         self.stdout.write(f"Purged {deleted} expired idempotency key(s).")
