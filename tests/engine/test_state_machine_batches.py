@@ -279,12 +279,16 @@ PKEY = "payments_payment_pkey"
 
 
 def insert_copies(template: Payment, count: int) -> None:
-    """``count`` copies of ``template`` (new ids), due a minute ago, ``scheduled``; one statement."""
+    """``count`` copies of ``template`` (new ids), ``scheduled``, due in a year; one statement.
+
+    Far from the sweep's due edge: the rolled-back rows stay in the partial indexes as dead
+    entries until vacuum, and other tests measure what the sweep reads near that edge.
+    """
     columns = [f.column for f in Payment._meta.concrete_fields if f.column]
     values = {
         "id": "gen_random_uuid()",
         "status": "'scheduled'",
-        "scheduled_for": "now() - interval '1 minute'",
+        "scheduled_for": "now() + interval '365 days'",
         "attempts": "0",
         "lease_expires_at": "NULL",
         "next_attempt_at": "NULL",
