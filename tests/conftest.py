@@ -1,4 +1,4 @@
-"""Shared fixtures: users, their tokens and API clients (owner / outsider); the sandbox gateway process."""
+"""Shared fixtures: users, their tokens and API clients (owner / outsider), verified staff clients, the sandbox."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -29,6 +32,22 @@ def make_client() -> Callable[[User], APIClient]:
         client = APIClient()
         raw = token_issue(user=user, actor="test").raw
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def verified_client() -> Callable[[User], Client]:
+    """A client logged in as ``user`` whose session is verified by a TOTP device (what the OTP login does)."""
+
+    def make(user: User) -> Client:
+        device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
+        client = Client()
+        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
         return client
 
     return make

@@ -37,6 +37,9 @@ class SandboxProcess:
     ``url``, on the same ledger, as a gateway restarted by a process manager would.
     """
 
+    start_timeout = START_TIMEOUT_SECONDS  # to answer /healthz
+    http_timeout = 5.0  # for each ledger request
+
     def __init__(self, data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
@@ -57,7 +60,7 @@ class SandboxProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 self._process = None
@@ -69,7 +72,7 @@ class SandboxProcess:
                 pass
             time.sleep(0.05)
         self.stop()
-        pytest.fail(f"the sandbox gateway did not answer /healthz within {START_TIMEOUT_SECONDS}s:\n{self.log()}")
+        pytest.fail(f"the sandbox gateway did not answer /healthz within {self.start_timeout}s:\n{self.log()}")
 
     def stop(self) -> int | None:
         """SIGTERM, as a process manager would; the exit code (None if it was not running).
@@ -91,10 +94,10 @@ class SandboxProcess:
 
     # --- the ledger, as anyone can read it ---------------------------------------------------------------
     def set_faults(self, **faults: float) -> None:
-        httpx.put(f"{self.url}/v1/faults", json=faults, timeout=5.0).raise_for_status()
+        httpx.put(f"{self.url}/v1/faults", json=faults, timeout=self.http_timeout).raise_for_status()
 
     def clear_faults(self) -> None:
-        httpx.delete(f"{self.url}/v1/faults", timeout=5.0).raise_for_status()
+        httpx.delete(f"{self.url}/v1/faults", timeout=self.http_timeout).raise_for_status()
 
     def charges_for_key(self, key: str) -> list[dict[str, Any]]:
         return self._charges({"idempotency_key": key})
@@ -103,13 +106,13 @@ class SandboxProcess:
         return self._charges({"payment_id": payment_id})
 
     def total_charges(self) -> int:
-        response = httpx.get(f"{self.url}/v1/stats", timeout=5.0)
+        response = httpx.get(f"{self.url}/v1/stats", timeout=self.http_timeout)
         response.raise_for_status()
         total: int = response.json()["total"]
         return total
 
     def _charges(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/v1/charges", params=params, timeout=5.0)
+        response = httpx.get(f"{self.url}/v1/charges", params=params, timeout=self.http_timeout)
         response.raise_for_status()
         results: list[dict[str, Any]] = response.json()["results"]
         return results

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
-from django_otp import DEVICE_ID_SESSION_KEY  # type: ignore[import-untyped]
-from django_otp.plugins.otp_totp.models import TOTPDevice  # type: ignore[import-untyped]
 
 from accounts.models import User
 from audit.models import AuditEvent
@@ -17,16 +14,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(db):  # -> (client, staff user)
+def staff_client(db, verified_client):  # -> (client, staff user)
     # The admin wants a verified second factor (django-otp): log in, then mark the session verified.
     staff = User.objects.create_superuser(username="support", password="x-very-long-password")
-    device = TOTPDevice.objects.create(user=staff, name="test", confirmed=True)
-    client = Client()
-    client.force_login(staff, backend="django.contrib.auth.backends.ModelBackend")
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
-    return client, staff
+    return verified_client(staff), staff
 
 
 def test_the_changelist_and_change_page_never_show_the_account_or_the_token(staff_client, make_payment):

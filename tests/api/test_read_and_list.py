@@ -14,6 +14,7 @@ from payments.models import Payment
 from payments.pagination import Cursor, encode_cursor
 from payments.services import PaymentDraft, payment_create
 from payments.statuses import Status
+from tests.factories import PaymentDraftFactory
 
 from .conftest import PAYMENTS_URL, assert_problem
 
@@ -21,20 +22,10 @@ pytestmark = pytest.mark.django_db
 
 
 def draft(scheduled_for: datetime, **overrides) -> PaymentDraft:
-    values: dict[str, Any] = {
-        "amount_minor": 1000,
-        "currency": "EUR",
-        "payment_method": "pm_card_visa",
-        "payee_name": "ACME",
-        "payee_account": "000123454321",
-        "description": "",
-        "metadata": {},
-        "scheduled_for": scheduled_for,
-        "time_zone": "UTC",
-        "scheduled_local": "",
-    }
-    values.update(overrides)
-    return PaymentDraft(**values)
+    values: dict[str, Any] = {"amount_minor": 1000, "payee_name": "ACME", "payee_account": "000123454321"}
+    values |= {"scheduled_for": scheduled_for, "scheduled_local": "", **overrides}
+    built: PaymentDraft = PaymentDraftFactory.build(**values)
+    return built
 
 
 def test_it_returns_the_callers_payment(api, make_payment):

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -32,11 +31,12 @@ from django.utils import timezone
 
 from accounts.models import User
 from config.celery import app as celery_app
+from payments import execution
 from payments.execution import periodic_tasks_ensure
 from payments.models import Payment
-from payments.services import PaymentDraft, payment_create
 from payments.statuses import TERMINAL_STATUSES
-from tests.sandbox_process import PROJECT_ROOT, free_port
+from tests.factories import schedule_payment
+from tests.sandbox_process import PROJECT_ROOT, SandboxProcess
 
 START_TIMEOUT_SECONDS = 30.0
 
@@ -115,59 +115,25 @@ def spare_broker_url() -> Iterator[str]:
 # --- Sandbox gateway ----------------------------------------------------------------------------
 
 
-@dataclass
-class Gateway:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+class Gateway(SandboxProcess):
+    """The session's sandbox gateway (tests/sandbox_process.py), with the engine's patience."""
+
+    start_timeout = START_TIMEOUT_SECONDS
+    http_timeout = 10.0
 
     def charges(self, payment_id: object) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/v1/charges", params={"payment_id": str(payment_id)}, timeout=10)
-        response.raise_for_status()
-        results: list[dict[str, Any]] = response.json()["results"]
-        return results
-
-    def set_faults(self, **faults: float) -> None:
-        httpx.put(f"{self.url}/v1/faults", json=faults, timeout=10).raise_for_status()
-
-    def clear_faults(self) -> None:
-        httpx.delete(f"{self.url}/v1/faults", timeout=10).raise_for_status()
+        return self.charges_for_payment(str(payment_id))
 
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("engine-gateway")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env |= {"GATEWAY_DATA_DIR": str(root / "data"), "PYTHONUNBUFFERED": "1"}
-    log_path = root / "gateway.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "payments.sandbox_gateway", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    gw = Gateway(f"http://127.0.0.1:{port}", process, log_path)
-
-    def healthy() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{gw.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(healthy, timeout=START_TIMEOUT_SECONDS, what="the sandbox gateway")
+    gw = Gateway(root / "data", root / "gateway.log")
+    gw.start()
     try:
         yield gw
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        gw.stop()
 
 
 @pytest.fixture
@@ -178,6 +144,22 @@ def use_gateway(gateway: Gateway, settings: Any) -> Iterator[Gateway]:
     gateway.clear_faults()
     yield gateway
     gateway.clear_faults()
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """What the sweep would publish, recorded instead of sent: for tests that call the services without a broker.
+
+    Modules whose every test wants it: ``pytestmark = pytest.mark.usefixtures("published")``.
+    """
+    sent: list[tuple[str, Any]] = []
+
+    def publish(task_name: str, groups: Any) -> int:
+        sent.extend((task_name, group) for group in groups)
+        return len(groups)
+
+    monkeypatch.setattr(execution, "_publish", publish)
+    return sent
 
 
 # --- Payments ----------------------------------------------------------------------------------
@@ -198,19 +180,7 @@ def make_payment(payer: User) -> MakePayment:
 
     def make(*, due_in: float = 60.0, due_at: datetime | None = None, payment_method: str = "pm_card_visa") -> Payment:
         scheduled_for = due_at or timezone.now() + timedelta(seconds=due_in)
-        draft = PaymentDraft(
-            amount_minor=12550,
-            currency="EUR",
-            payment_method=payment_method,
-            payee_name="ACME Utilities",
-            payee_account="DE89370400440532013000",
-            description="rent",
-            metadata={},
-            scheduled_for=scheduled_for,
-            time_zone="UTC",
-            scheduled_local=scheduled_for.isoformat(),
-        )
-        return payment_create(owner=payer, data=draft, actor="test")
+        return schedule_payment(payer, payment_method=payment_method, description="rent", scheduled_for=scheduled_for)
 
     return make
 

@@ -37,20 +37,7 @@ from .conftest import Gateway, MakePayment
 
 # The engine refuses to call the gateway inside a transaction, so these tests commit (pytest-django
 # flushes the tables after each one).
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
-    """What the sweep would publish: these tests call the services directly, without a broker."""
-    sent: list[tuple[str, Any]] = []
-
-    def publish(task_name: str, groups: Any) -> int:
-        sent.extend((task_name, group) for group in groups)
-        return len(groups)
-
-    monkeypatch.setattr(execution, "_publish", publish)
-    return sent
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("published")]
 
 
 def dispatched(make_payment: MakePayment, **kwargs: Any) -> Payment:

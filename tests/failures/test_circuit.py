@@ -9,7 +9,6 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from payments import execution
 from payments.circuit import SweepGate, circuit_admit, circuit_record, circuit_reset, circuit_sweep_gate
 from payments.execution import payments_execute, payments_reconcile, payments_sweep
 from payments.models import GatewayCircuit, Payment, PaymentEvent
@@ -18,7 +17,7 @@ from payments.statuses import Status
 
 from .conftest import Gateway, MakePayment
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("published")]
 NAME = "sandbox"
 
 
@@ -31,18 +30,6 @@ def breaker(settings: Any) -> Any:
     settings.CIRCUIT_OPEN_SECONDS = 30.0
     settings.CIRCUIT_PROBE_SIZE = 2
     return settings
-
-
-@pytest.fixture(autouse=True)
-def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
-    sent: list[tuple[str, Any]] = []
-
-    def publish(task_name: str, groups: Any) -> int:
-        sent.extend((task_name, group) for group in groups)
-        return len(groups)
-
-    monkeypatch.setattr(execution, "_publish", publish)
-    return sent
 
 
 def actions() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
 from types import SimpleNamespace
@@ -16,8 +17,6 @@ from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from django.test import Client
 from django.utils import timezone
-from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -262,19 +261,21 @@ def roles() -> None:
     grants.create_schedule_and_grants(loader.project_state(("payments", "0004_reconcile_schedule")).apps, schema_editor)
 
 
-def staff_client(group: str) -> Client:
-    user = User.objects.create_user(username=f"{group}-1", password="x" * 16, is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
-    client = Client()
-    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
-    return client
+@pytest.fixture
+def staff_client(verified_client: Callable[[User], Client]) -> Callable[[str], Client]:
+    """A verified client of a new staff member in ``group``."""
+
+    def make(group: str) -> Client:
+        user = User.objects.create_user(username=f"{group}-1", password="x" * 16, is_staff=True)
+        user.groups.add(Group.objects.get(name=group))
+        return verified_client(user)
+
+    return make
 
 
-def test_operations_redrive_from_the_admin_with_a_reason(roles: None, make_payment: MakePayment) -> None:
+def test_operations_redrive_from_the_admin_with_a_reason(
+    roles: None, make_payment: MakePayment, staff_client: Callable[[str], Client]
+) -> None:
     payment = dead_lettered(make_payment, DeadLetterReason.RETRIES_EXHAUSTED)
     other = make_payment(due_in=60)  # not dead-lettered: not listed
     client = staff_client("operations")
@@ -299,7 +300,9 @@ def test_operations_redrive_from_the_admin_with_a_reason(roles: None, make_payme
     assert audit(payment)[0].data["reason"] == "INC-5"
 
 
-def test_support_cannot_see_or_redrive_dead_letters(roles: None, make_payment: MakePayment) -> None:
+def test_support_cannot_see_or_redrive_dead_letters(
+    roles: None, make_payment: MakePayment, staff_client: Callable[[str], Client]
+) -> None:
     payment = dead_lettered(make_payment, DeadLetterReason.RETRIES_EXHAUSTED)
     client = staff_client("support")
 

@@ -1,20 +1,16 @@
-"""Fixtures for the security tests: sensitive values, payments, verified staff clients."""
+"""Fixtures for the security tests: sensitive values, payments, staff users (verified clients: tests/conftest.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
-from django.test import Client
-from django.utils import timezone
-from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import User
 from payments.models import Payment
+from tests.factories import PaymentFactory
 
 # Values that must never appear in clear: in the database, the logs or Sentry.
 PAN = "4111 1111 1111 1111"
@@ -47,23 +43,16 @@ PLAINTEXT_FRAGMENTS = [
 @pytest.fixture
 def make_payment(make_user: Callable[..., User]) -> Callable[..., Payment]:
     def make(owner: User | None = None, **overrides: Any) -> Payment:
-        now = timezone.now()
         fields: dict[str, Any] = {
             "owner": owner or make_user(),
-            "amount_minor": 12550,
-            "currency": "EUR",
             "payee_name": PAYEE_NAME,
             "payee_account": IBAN,
-            "payee_account_last4": IBAN[-4:],
             "description": DESCRIPTION,
             "metadata": dict(METADATA),
             "payment_method": PAYMENT_METHOD,
-            "scheduled_for": now + timedelta(days=3),
-            "time_zone": "UTC",
-            "scheduled_local": (now + timedelta(days=3)).isoformat(),
         }
-        fields.update(overrides)
-        return Payment.objects.create(**fields)
+        payment: Payment = PaymentFactory.create(**(fields | overrides))
+        return payment
 
     return make
 
@@ -93,19 +82,3 @@ def staff_groups(db: None) -> None:
     migration = importlib.import_module("accounts.migrations.0002_staff_roles")
     state_apps = MigrationLoader(None, ignore_no_migrations=True).project_state(("accounts", "0002_staff_roles")).apps
     migration.create_roles(state_apps, SimpleNamespace(connection=connection))
-
-
-@pytest.fixture
-def verified_client() -> Callable[[User], Client]:
-    """A client logged in as ``user`` whose session is verified by a TOTP device (what the OTP login does)."""
-
-    def make(user: User) -> Client:
-        device = TOTPDevice.objects.create(user=user, name="test", confirmed=True)
-        client = Client()
-        client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
-        session = client.session
-        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-        session.save()
-        return client
-
-    return make

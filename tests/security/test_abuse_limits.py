@@ -23,6 +23,7 @@ from payments.error_codes import ErrorCode, ProblemError
 from payments.models import Payment
 from payments.services import PaymentDraft, payment_create
 from payments.statuses import Status
+from tests.factories import PaymentDraftFactory
 
 PAYMENTS_URL = "/api/v1/payments"
 # A fixed UTC day well inside the scheduling horizon, whatever today is.
@@ -57,18 +58,8 @@ def assert_limit_problem(response: Any, code: str) -> dict[str, Any]:
 
 def draft(amount_minor: int = 12550, *, at: datetime | None = None) -> PaymentDraft:
     scheduled_for = at or DAY + timedelta(hours=9)
-    return PaymentDraft(
-        amount_minor=amount_minor,
-        currency="EUR",
-        payment_method="pm_card_visa",
-        payee_name="ACME Utilities",
-        payee_account="DE89370400440532013000",
-        description="",
-        metadata={},
-        scheduled_for=scheduled_for,
-        time_zone="UTC",
-        scheduled_local=scheduled_for.isoformat(),
-    )
+    built: PaymentDraft = PaymentDraftFactory.build(amount_minor=amount_minor, scheduled_for=scheduled_for)
+    return built
 
 
 # --- pending payments ------------------------------------------------------------

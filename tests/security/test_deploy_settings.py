@@ -39,17 +39,19 @@ def random_secret_key() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(50))
 
 
+def check_deploy(**overrides: str) -> subprocess.CompletedProcess[str]:
+    """``check --deploy --fail-level WARNING`` with every production secret set (to real values unless overridden)."""
+    secrets_env = {
+        "SECRET_KEY": random_secret_key(),
+        "ALLOWED_HOSTS": "example.com",
+        "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "FIELD_HMAC_KEY": secrets.token_urlsafe(32),
+    }
+    return run_manage("check", "--deploy", "--fail-level", "WARNING", **(secrets_env | overrides))
+
+
 def test_check_deploy_passes_with_the_production_settings() -> None:
-    result = run_manage(
-        "check",
-        "--deploy",
-        "--fail-level",
-        "WARNING",
-        SECRET_KEY=random_secret_key(),
-        ALLOWED_HOSTS="example.com",
-        FIELD_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
-        FIELD_HMAC_KEY=secrets.token_urlsafe(32),
-    )
+    result = check_deploy()
 
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -82,16 +84,7 @@ def test_check_deploy_flags_the_development_search_hmac_key() -> None:
     from payments.crypto import development_hmac_key
 
     secret_key = random_secret_key()
-    result = run_manage(
-        "check",
-        "--deploy",
-        "--fail-level",
-        "WARNING",
-        SECRET_KEY=secret_key,
-        ALLOWED_HOSTS="example.com",
-        FIELD_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
-        FIELD_HMAC_KEY=development_hmac_key(secret_key),
-    )
+    result = check_deploy(SECRET_KEY=secret_key, FIELD_HMAC_KEY=development_hmac_key(secret_key))
 
     assert result.returncode != 0
     assert "payments.W002" in result.stdout + result.stderr
@@ -101,16 +94,7 @@ def test_check_deploy_flags_the_development_encryption_key() -> None:
     from payments.crypto import development_key
 
     secret_key = random_secret_key()
-    result = run_manage(
-        "check",
-        "--deploy",
-        "--fail-level",
-        "WARNING",
-        SECRET_KEY=secret_key,
-        ALLOWED_HOSTS="example.com",
-        FIELD_ENCRYPTION_KEYS=development_key(secret_key),
-        FIELD_HMAC_KEY=secrets.token_urlsafe(32),
-    )
+    result = check_deploy(SECRET_KEY=secret_key, FIELD_ENCRYPTION_KEYS=development_key(secret_key))
 
     assert result.returncode != 0
     assert "payments.W001" in result.stdout + result.stderr

@@ -56,8 +56,8 @@ from accounts.services import token_issue
 from config.wsgi import application
 from payments import state_machine
 from payments.models import Payment
-from payments.services import PaymentDraft, payment_create
 from payments.statuses import Status
+from tests.factories import schedule_payment
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
 
@@ -123,19 +123,14 @@ class World:
 
 def _schedule(owner: User, days: int) -> Payment:
     scheduled_for = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
-    draft = PaymentDraft(
-        amount_minor=12550,
-        currency="EUR",
-        payment_method="pm_card_visa",
-        payee_name="ACME Utilities",
-        payee_account="DE89370400440532013000",
+    return schedule_payment(
+        owner,
+        actor="fuzz",
         description="rent",
         metadata={"invoice": "7"},
         scheduled_for=scheduled_for,
         time_zone="Europe/Berlin",
-        scheduled_local=scheduled_for.isoformat(),
     )
-    return payment_create(owner=owner, data=draft, actor="fuzz")
 
 
 def _move(payment: Payment, *steps: tuple[str, dict[str, Any]]) -> None:

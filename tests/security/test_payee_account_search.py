@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import importlib
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from io import StringIO
 from types import SimpleNamespace
 
@@ -19,7 +18,7 @@ from django.test import Client
 from accounts.models import User
 from payments.crypto import normalize_account, payee_account_hmac
 from payments.models import Payment
-from payments.services import PaymentDraft, payment_create
+from tests.factories import schedule_payment
 
 from .conftest import IBAN, IBAN_GROUPED
 
@@ -30,20 +29,7 @@ migration = importlib.import_module("payments.migrations.0003_payee_account_hmac
 
 
 def schedule(owner: User, account: str = IBAN) -> Payment:
-    scheduled_for = datetime.now(UTC) + timedelta(days=3)
-    draft = PaymentDraft(
-        amount_minor=12550,
-        currency="EUR",
-        payment_method="pm_card_visa",
-        payee_name="ACME Utilities",
-        payee_account=account,
-        description="",
-        metadata={},
-        scheduled_for=scheduled_for,
-        time_zone="UTC",
-        scheduled_local=scheduled_for.isoformat(),
-    )
-    return payment_create(owner=owner, data=draft, actor="test")
+    return schedule_payment(owner, payee_account=account)
 
 
 def raw_row(payment: Payment) -> tuple[str, str]:
