@@ -33,7 +33,7 @@ from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
-from payments.card_data import contains_card_number, mask_card_numbers
+from payments.card_data import mask_card_numbers, may_contain_card_number
 
 from .logging import scrub_text
 
@@ -101,7 +101,7 @@ def _scrub(value: Any, depth: int = 0, *, in_spans: bool = False) -> Any:
         return value  # the SDK serialises these itself (breadcrumb timestamps are datetimes)
     if isinstance(value, int | float):
         digits = str(value)
-        return mask_card_numbers(digits) if contains_card_number(digits) else value
+        return mask_card_numbers(digits) if may_contain_card_number(digits) else value
     if depth >= _MAX_DEPTH:
         return FILTERED
     if isinstance(value, dict):

@@ -1,10 +1,21 @@
-"""Detect and mask primary account numbers (card numbers) in free text.
+"""Detect card numbers (primary account numbers) in free text: refuse them in requests, mask them in logs.
 
-The contract forbids card data anywhere in a request (422 ``card_data_forbidden``)
-and in any log line. "Card number" here means what the contract says: 13-19
-ASCII digits, optionally separated by single spaces or dashes, passing the Luhn
-check. Framework-free: used by the API on every request body and by logging on
-every record, so the common case (no long digit run) costs one C-level regex scan.
+Two rules, on purpose:
+
+* **Refusal** (:func:`contains_card_number`, :func:`find_card_data`): the contract's
+  rule, as PCI data-discovery tools apply it. A card number is a sequence of whole
+  digit groups (digits joined by single spaces or dashes) bounded by non-digits, whose
+  length fits a card brand for its issuer prefix (:data:`CARD_BRANDS`), and that passes
+  the Luhn check. A digit run of 20 or more digits without separators is never a card
+  (a 20-digit Russian account ``40817810099910004312``, a 22-digit reference), nor is a
+  number inside a valid IBAN, an 18-digit Mexican CLABE with a valid check digit, or
+  a canonical UUID. Only request values are refused, so a false positive costs a
+  user a refused payment: the rule flags what a card number looks like, nothing else.
+* **Masking** (:func:`mask_card_numbers`, the log filters): the PCI-safe side, since
+  masking a reference in a log line costs nothing. Any Luhn-valid 13-19 digit span of
+  whole groups, and every 13-19 digit window inside a group too long to be one card
+  (a card glued to its expiry date, ``41111111111111111227``), whatever its prefix.
+  Everything refused is also masked (:func:`may_contain_card_number` is a superset).
 
 How candidates are chosen
 -------------------------
@@ -14,27 +25,22 @@ digits with no separator inside. Inside each run the candidates are:
 
 1. every sequence of whole, consecutive groups holding 13-19 digits in total: a
    card written alone (``4111111111111111``), in groups (``4111 1111 1111 1111``)
-   or next to other numbers (``order 12 4111-1111-1111-1111``);
-2. inside a group of more than 19 digits (too long to be one card number), every
-   13-19 digit window: a card glued to other digits (``41111111111111111227``).
+   or next to other numbers (``order 12 4111-1111-1111-1111``, ``4111 1111 1111 1111 12/27``);
+2. (masking only) inside a group of more than 19 digits, every 13-19 digit window.
 
 Trade-offs, chosen on purpose:
 
 * A run of 13-19 digits is checked as written, not window by window, so a
   Luhn-invalid 16-digit number is not flagged just because some 13-15 digit slice
-  of it happens to pass Luhn (1 in 10 does; scanning those slices would flag ~65 %
-  of all 16-digit references and ~95 % of 19-digit ones).
-* Rule 2 is the PCI-safe side: a 20+ digit string without separators almost always
-  contains some Luhn-valid window, so it is almost always treated as card data
-  (long numeric references, 20-22 digit domestic account numbers, 44-digit
-  barcodes). Spaced or dashed long runs only check group-aligned spans (rule 1),
-  which flags far fewer of them.
-* IBANs are not card numbers: a candidate lying wholly inside a valid IBAN (two
-  letters, two check digits, 11-30 letters/digits, ISO 13616 mod-97 == 1; compact
-  or in groups of four; any case) is ignored, so ``DE89370400440532013000`` and
-  ``GB82 WEST 1234 5698 7654 32`` pass. A card number cannot hide inside one by
-  accident (it would have to satisfy mod-97 too). Likewise a canonical UUID
-  (8-4-4-4-12 hex digits) is ignored: it is an identifier by its shape.
+  of it happens to pass Luhn.
+* The brand table bounds false refusals: a random 13-19 digit number is refused only
+  when its prefix and length fit a brand (then 1 in 10 pass Luhn). Measured rates per
+  length are in ``docs/security.md``.
+* Maestro cards of 12 digits are not recognised (13-19 only), nor are brands outside
+  :data:`CARD_BRANDS`.
+* IBANs (two letters, two check digits, 11-30 letters/digits, ISO 13616 mod-97 == 1;
+  compact or in groups of four; any case) and canonical UUIDs (8-4-4-4-12 hex) are
+  identifiers by their shape: a candidate wholly inside one is ignored by both rules.
 * Only ASCII digits, spaces and ``-`` count (as the contract says); ``4111.1111...``
   or full-width digits are not recognised.
 
@@ -59,6 +65,7 @@ __all__ = [
     "contains_card_number",
     "find_card_data",
     "mask_card_numbers",
+    "may_contain_card_number",
     "mask_event_dict",
     "scrub_structure",
 ]
@@ -156,6 +163,68 @@ def _candidates(run: str, luhn: _Luhn) -> Iterator[tuple[int, int]]:
             yield from luhn.valid_windows(start, ends[index])
 
 
+# Issuer prefixes (IIN ranges, inclusive, compared on the same number of leading digits)
+# and the lengths each brand issues: (brand, low, high, lengths).
+_ANY_LENGTH = frozenset(range(MIN_DIGITS, MAX_DIGITS + 1))
+CARD_BRANDS: tuple[tuple[str, str, str, frozenset[int]], ...] = (
+    ("visa", "4", "4", frozenset({13, 16, 19})),
+    ("mastercard", "51", "55", frozenset({16})),
+    ("mastercard", "2221", "2720", frozenset({16})),
+    ("amex", "34", "34", frozenset({15})),
+    ("amex", "37", "37", frozenset({15})),
+    ("discover", "6011", "6011", frozenset(range(16, 20))),
+    ("discover", "644", "649", frozenset(range(16, 20))),
+    ("discover", "65", "65", frozenset(range(16, 20))),
+    ("jcb", "3528", "3589", frozenset(range(16, 20))),
+    ("unionpay", "62", "62", frozenset(range(16, 20))),
+    ("diners", "300", "305", frozenset(range(14, 20))),
+    ("diners", "36", "36", frozenset(range(14, 20))),
+    ("diners", "38", "39", frozenset(range(14, 20))),
+    # Maestro: 50, 56-69 and Visa's 493698 (as card-type libraries do), 13-19 digits here.
+    ("maestro", "493698", "493698", _ANY_LENGTH),
+    ("maestro", "50", "50", _ANY_LENGTH),
+    ("maestro", "56", "69", _ANY_LENGTH),
+)
+# For each length, the (low, high) prefix ranges that issue it.
+_PREFIXES_BY_LENGTH: dict[int, tuple[tuple[str, str], ...]] = {
+    length: tuple((low, high) for _, low, high, lengths in CARD_BRANDS if length in lengths)
+    for length in range(MIN_DIGITS, MAX_DIGITS + 1)
+}
+
+
+def fits_card_brand(digits: str) -> bool:
+    """True if a brand issues numbers of this length with this prefix (Luhn is not checked here)."""
+    return any(low <= digits[: len(low)] <= high for low, high in _PREFIXES_BY_LENGTH.get(len(digits), ()))
+
+
+# CLABE (Mexico): 18 digits, the last a check digit over weights 3, 7, 1.
+_CLABE_WEIGHTS = (3, 7, 1) * 6
+
+
+def clabe_valid(digits: str) -> bool:
+    if len(digits) != 18 or not digits.isdigit():
+        return False
+    total = sum((int(d) * w) % 10 for d, w in zip(digits[:17], _CLABE_WEIGHTS, strict=False))
+    return (10 - total % 10) % 10 == int(digits[17])
+
+
+def _brand_candidates(run: str, digits: str, luhn: _Luhn) -> Iterator[tuple[int, int]]:
+    """The refusal rule's candidate spans of a run: whole groups, fitting a brand, Luhn-valid, not a CLABE."""
+    if clabe_valid(digits):
+        return  # the whole run is a Mexican account number with its check digit
+    bounds: list[int] = [0]
+    for match in _GROUP.finditer(run):
+        bounds.append(bounds[-1] + len(match.group()))
+    ends = bounds[1:]
+    for index, start in enumerate(bounds[:-1]):
+        first = bisect_left(ends, start + MIN_DIGITS, lo=index)
+        last = bisect_right(ends, start + MAX_DIGITS, lo=first)
+        for end in ends[first:last]:
+            candidate = digits[start:end]
+            if fits_card_brand(candidate) and luhn.valid(start, end) and not clabe_valid(candidate):
+                yield start, end
+
+
 def _iban_spans(text: str) -> tuple[list[int], list[int]]:
     """Valid IBANs (mod-97), compact or in groups of four, and canonical UUIDs, as sorted disjoint spans."""
     spans: list[tuple[int, int]] = [match.span() for match in _UUID.finditer(text)]
@@ -193,10 +262,14 @@ def _iban_valid(compact: str) -> bool:
 
 
 class _Scanner:
-    """Finds card-number runs in one text; IBAN spans are computed only when needed."""
+    """Finds card-number runs in one text; IBAN spans are computed only when needed.
 
-    def __init__(self, text: str) -> None:
+    ``strict``: the refusal rule (brand-fitting whole-group spans); otherwise the masking rule.
+    """
+
+    def __init__(self, text: str, *, strict: bool) -> None:
         self.text = text
+        self.strict = strict
         self._ibans: tuple[list[int], list[int]] | None = None
 
     def runs_with_cards(self) -> Iterator[re.Match[str]]:
@@ -207,8 +280,10 @@ class _Scanner:
     def _has_card(self, match: re.Match[str]) -> bool:
         run = match.group()
         digits = run.translate(_SEPARATORS)
+        luhn = _Luhn(digits)
+        candidates = _brand_candidates(run, digits, luhn) if self.strict else _candidates(run, luhn)
         positions: list[int] | None = None
-        for start, end in _candidates(run, _Luhn(digits)):
+        for start, end in candidates:
             if self._ibans is None:
                 self._ibans = _iban_spans(self.text)
             iban_starts, iban_ends = self._ibans
@@ -224,14 +299,19 @@ class _Scanner:
 
 
 def contains_card_number(text: str) -> bool:
-    """True if ``text`` holds a Luhn-valid 13-19 digit number (see module doc for the exact rule)."""
-    return any(True for _ in _Scanner(text).runs_with_cards())
+    """True if ``text`` holds a card number by the contract's rule (the refusal rule of the module doc)."""
+    return any(True for _ in _Scanner(text, strict=True).runs_with_cards())
+
+
+def may_contain_card_number(text: str) -> bool:
+    """True if ``text`` holds a Luhn-valid 13-19 digit span of any prefix (the masking rule; a superset)."""
+    return any(True for _ in _Scanner(text, strict=False).runs_with_cards())
 
 
 def _mask_once(text: str) -> str:
     pieces: list[str] = []
     last_end = 0
-    for match in _Scanner(text).runs_with_cards():
+    for match in _Scanner(text, strict=False).runs_with_cards():
         pieces.append(text[last_end : match.start()])
         pieces.append(_mask_run(match.group()))
         last_end = match.end()
@@ -260,7 +340,8 @@ def mask_card_numbers(text: str) -> str:
     Separators are kept, so ``"4111 1111 1111 1111"`` becomes ``"**** **** **** 1111"`` and
     ``"4111111111111111"`` becomes ``"************1111"``. The whole run is masked (not just
     the Luhn-valid slice) so that no leftover digits can form a new card number; the
-    result never satisfies :func:`contains_card_number`, and masking is idempotent.
+    result satisfies neither :func:`may_contain_card_number` nor :func:`contains_card_number`,
+    and masking is idempotent.
     """
     # Usually one pass. A second is needed only when masking destroyed a valid IBAN
     # whose inner digits were exempt before; every pass removes digits, so this ends.
@@ -351,7 +432,7 @@ def scrub_structure(value: Any, scrub: Callable[[str], str], depth: int = 0, *, 
         return items if isinstance(value, list) else tuple(items)
     if numbers:
         digits = _number_text(value)
-        if digits is not None and contains_card_number(digits):
+        if digits is not None and may_contain_card_number(digits):
             return mask_card_numbers(digits)
     return value
 
@@ -445,4 +526,4 @@ class CardNumberMaskingFilter(RecordScrubbingFilter):
         return _mask_structure(value)
 
     def scrub_exception(self, text: str) -> str | None:
-        return mask_card_numbers(text) if contains_card_number(text) else None
+        return mask_card_numbers(text) if may_contain_card_number(text) else None
