@@ -100,6 +100,29 @@ def payee_account_hmac(account: str) -> str:
     return hmac.new(key, normalize_account(account).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+# Domain separation: an idempotency key equal to some payee account gives an unrelated value.
+IDEMPOTENCY_KEY_HMAC_PREFIX = b"scheduled-payments/idempotency-key:"
+
+
+def idempotency_key_hmac(key: str, *, hmac_key: str | None = None) -> str:
+    """HMAC-SHA256 (hex) of a client's ``Idempotency-Key``: what is stored and looked up instead of the key.
+
+    Keys are compared exactly (no normalisation): ``"A"`` and ``"a"`` are two keys, as they were in clear.
+    """
+    secret = str(settings.FIELD_HMAC_KEY if hmac_key is None else hmac_key).encode("utf-8")
+    return hmac.new(secret, IDEMPOTENCY_KEY_HMAC_PREFIX + key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def idempotency_key_hmacs(key: str) -> list[str]:
+    """The key's HMAC under ``FIELD_HMAC_KEY`` first, then under each of ``FIELD_HMAC_PREVIOUS_KEYS``.
+
+    A record stored before ``FIELD_HMAC_KEY`` changed is still found (and replayed) while it is
+    retained, so a client's retry across a key change never creates a second payment.
+    """
+    previous = [str(old) for old in getattr(settings, "FIELD_HMAC_PREVIOUS_KEYS", [])]
+    return [idempotency_key_hmac(key), *(idempotency_key_hmac(key, hmac_key=old) for old in previous)]
+
+
 def key_id(key: str | bytes) -> str:
     """The public identifier of a key: 8 hex characters of a domain-separated SHA-256 of it."""
     raw = key.encode("ascii") if isinstance(key, str) else key

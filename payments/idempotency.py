@@ -27,6 +27,10 @@ trips a separately committed claim needed. On SQLite (the embedded default)
 write transactions are serialised (``BEGIN IMMEDIATE``): a parallel duplicate
 waits for the first and then replays it.
 
+The key itself is never stored, nor refused for what it holds: records keep its HMAC
+under ``FIELD_HMAC_KEY`` (``crypto.idempotency_key_hmac``), looked up under the current
+and any ``FIELD_HMAC_PREVIOUS_KEYS``, so a key holding a card number is not kept either.
+
 All times come from the database clock (``selectors.database_now``), one reading
 per request, shared with the work, so web processes with skewed clocks agree.
 
@@ -57,7 +61,7 @@ from rest_framework.renderers import JSONRenderer
 from accounts.models import User
 
 from . import selectors
-from .card_data import contains_card_number
+from .crypto import idempotency_key_hmac, idempotency_key_hmacs
 from .error_codes import ErrorCode, ProblemError
 from .models import IdempotencyRecord
 
@@ -120,13 +124,8 @@ def idempotency_key_from(request: HttpRequest) -> str:
             400,
             "The Idempotency-Key header must be 1-255 printable ASCII characters.",
         )
-    if contains_card_number(raw):
-        # The key is stored (in clear, it is looked up by value) for the retention period.
-        raise ProblemError(
-            ErrorCode.IDEMPOTENCY_KEY_INVALID,
-            400,
-            "The Idempotency-Key header must not contain a card number; use a random value such as a UUID.",
-        )
+    # Never refused for what it holds (digits that look like a card included): it is not stored,
+    # only its HMAC is (IdempotencyRecord.key_hmac).
     return raw
 
 
@@ -156,7 +155,7 @@ def idempotent_execute(
                 if not _try_lock_key(user.pk, key):
                     raise _in_use()
                 now = selectors.database_now()
-                record = IdempotencyRecord.objects.filter(user=user, key=key).first()
+                record = IdempotencyRecord.objects.filter(user=user, key_hmac__in=idempotency_key_hmacs(key)).first()
                 if record is not None and record.expires_at <= now:
                     # Past retention but not purged yet: the key is free again.
                     record.delete()
@@ -217,7 +216,7 @@ def _perform(
         # No savepoint: a duplicate key must abort the whole transaction (through _KeyTaken).
         IdempotencyRecord.objects.create(
             user=user,
-            key=key,
+            key_hmac=idempotency_key_hmac(key),
             fingerprint=fingerprint,
             response_status=result.status,
             response_body={"content": content.decode("utf-8"), "headers": headers},

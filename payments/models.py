@@ -133,10 +133,12 @@ class PaymentEvent(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """A client's ``Idempotency-Key`` and the response it got, stored with the work it protected."""
+    """A client's ``Idempotency-Key`` (as its HMAC) and the response it got, stored with the work it protected."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    key = models.CharField(max_length=255)
+    # HMAC-SHA256 of the key under FIELD_HMAC_KEY (payments.crypto.idempotency_key_hmac), never the key:
+    # a key may hold anything a client chose, a card number included.
+    key_hmac = models.CharField(max_length=64)
     # SHA-256 of method, path and the canonical JSON body: compared, never the body itself.
     fingerprint = models.CharField(max_length=64)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -148,11 +150,11 @@ class IdempotencyRecord(models.Model):
     class Meta:
         constraints = [
             # Keys are scoped to the user; this constraint is what makes a parallel duplicate lose.
-            models.UniqueConstraint(fields=["user", "key"], name="idempotency_user_key_unique"),
+            models.UniqueConstraint(fields=["user", "key_hmac"], name="idempotency_user_key_unique"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id}:{self.key} ({self.response_status})"
+        return f"{self.user_id}:{self.key_hmac[:12]}… ({self.response_status})"
 
 
 # --- Failure handling: operators' views, dead messages, the circuit breaker (docs/operations.md) ---------

@@ -362,6 +362,9 @@ FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [develo
 # payment by payee account without the account being stored in clear. Separate from the encryption
 # keys; unset, derived from SECRET_KEY (laptops and tests only: production.py requires it).
 FIELD_HMAC_KEY = env.str("FIELD_HMAC_KEY", default="") or development_hmac_key(SECRET_KEY)
+# Former FIELD_HMAC_KEY values, comma-separated: idempotency records hashed under them are still
+# found until they expire (keep a replaced key here for IDEMPOTENCY_KEY_RETENTION_HOURS).
+FIELD_HMAC_PREVIOUS_KEYS = env.list("FIELD_HMAC_PREVIOUS_KEYS", default=[])
 
 # https://docs.djangoproject.com/en/5.2/topics/auth/passwords/#using-argon2-with-django
 # Argon2id for staff passwords; PBKDF2 hashes still verify and are upgraded at next login.

@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from payments import crypto
+from payments.crypto import idempotency_key_hmac
 from payments.fields import SensitiveJSONField, SensitiveTextField
 from payments.models import IdempotencyRecord, Payment
 
@@ -89,7 +90,7 @@ def test_it_stores_no_idempotent_response_in_clear(owner: User) -> None:
     # given a stored response, written with an UPDATE (the idempotency layer INSERTs; both must encrypt)
     now = timezone.now()
     record = IdempotencyRecord.objects.create(
-        user=owner, key="k1", fingerprint="0" * 64, expires_at=now + timedelta(days=1)
+        user=owner, key_hmac=idempotency_key_hmac("k1"), fingerprint="0" * 64, expires_at=now + timedelta(days=1)
     )
     body = {"content": json.dumps({"payee": {"name": PAYEE_NAME}, "metadata": METADATA}), "headers": {}}
     IdempotencyRecord.objects.filter(pk=record.pk).update(response_body=body, response_status=201)
@@ -105,7 +106,7 @@ def test_it_stores_no_idempotent_response_in_clear(owner: User) -> None:
 def test_a_null_response_body_stays_sql_null(owner: User) -> None:
     now = timezone.now()
     record = IdempotencyRecord.objects.create(
-        user=owner, key="k2", fingerprint="0" * 64, expires_at=now + timedelta(days=1)
+        user=owner, key_hmac=idempotency_key_hmac("k2"), fingerprint="0" * 64, expires_at=now + timedelta(days=1)
     )
 
     assert IdempotencyRecord.objects.filter(pk=record.pk, response_body__isnull=True).exists()
@@ -133,7 +134,7 @@ def test_a_payment_created_through_the_api_is_encrypted_with_its_idempotent_resp
 
     # then neither the payment row nor the stored idempotent response holds plaintext
     assert_no_plaintext(" ".join(raw_payment_row(response.json()["id"])))
-    record = IdempotencyRecord.objects.get(user=owner, key="sec-api-1")
+    record = IdempotencyRecord.objects.get(user=owner, key_hmac=idempotency_key_hmac("sec-api-1"))
     assert_no_plaintext(raw_response_body(record.pk))
 
 

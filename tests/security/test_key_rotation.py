@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from payments import crypto
+from payments.crypto import idempotency_key_hmac
 from payments.models import IdempotencyRecord, Payment
 
 from .conftest import IBAN, METADATA, PAYEE_NAME, PAYMENT_METHOD, PLAINTEXT_FRAGMENTS
@@ -58,7 +59,7 @@ def make_idempotency_record(owner: User, key: str) -> IdempotencyRecord:
     now = timezone.now()
     return IdempotencyRecord.objects.create(
         user=owner,
-        key=key,
+        key_hmac=idempotency_key_hmac(key),
         fingerprint="0" * 64,
         expires_at=now + timedelta(days=1),
         response_status=201,
@@ -112,7 +113,7 @@ def test_it_moves_every_value_from_key_a_and_plaintext_to_key_b(
         assert payment.payee_account == IBAN
         assert payment.payment_method == PAYMENT_METHOD
         assert payment.metadata == METADATA
-    assert IdempotencyRecord.objects.get(key="rot-1").response_body == {
+    assert IdempotencyRecord.objects.get(key_hmac=idempotency_key_hmac("rot-1")).response_body == {
         "content": json.dumps({"payee": PAYEE_NAME}),
         "headers": {},
     }
