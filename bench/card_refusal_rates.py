@@ -3,7 +3,7 @@
 ``python -m bench.card_refusal_rates`` draws random digit strings of 8-34 digits (a
 fixed seed, so the figures are reproducible), asks ``contains_card_number`` about each,
 and writes the refused share per length, beside what the brand rules imply (prefix
-share × 1/10 for Luhn), to ``bench/results/card-refusal-rates.json``.
+share times 1/10 for Luhn), to ``bench/results/card-refusal-rates.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ RESULT = Path(__file__).resolve().parent / "results" / "card-refusal-rates.json"
 def implied_rate(length: int) -> float:
     """Share of 6-digit prefixes some brand issues at this length, times Luhn's 1 in 10."""
     intervals = sorted(
-        (int(low.ljust(6, "0")), int(high.ljust(6, "9")) + 1) for _, low, high, lengths in CARD_BRANDS if length in lengths
+        (int(low.ljust(6, "0")), int(high.ljust(6, "9")) + 1)
+        for _, low, high, lengths in CARD_BRANDS
+        if length in lengths
     )
     covered, reach = 0, 0
     for start, end in intervals:
@@ -37,13 +39,15 @@ def measure(samples: int, seed: int) -> list[dict[str, float | int]]:
     rows: list[dict[str, float | int]] = []
     for length in range(8, 35):
         refused = sum(contains_card_number("".join(rng.choices("0123456789", k=length))) for _ in range(samples))
-        rows.append({
-            "length": length,
-            "samples": samples,
-            "refused": refused,
-            "rate": refused / samples,
-            "implied": implied_rate(length),
-        })
+        rows.append(
+            {
+                "length": length,
+                "samples": samples,
+                "refused": refused,
+                "rate": refused / samples,
+                "implied": implied_rate(length),
+            }
+        )
     return rows
 
 

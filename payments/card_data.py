@@ -65,8 +65,8 @@ __all__ = [
     "contains_card_number",
     "find_card_data",
     "mask_card_numbers",
-    "may_contain_card_number",
     "mask_event_dict",
+    "may_contain_card_number",
     "scrub_structure",
 ]
 

@@ -87,9 +87,7 @@ def with_check_digit(body: str) -> str:
 
 
 def reference_fits_brand(digits: str) -> bool:
-    return any(
-        low <= digits[: len(low)] <= high and len(digits) in lengths for low, high, lengths in REFERENCE_BRANDS
-    )
+    return any(low <= digits[: len(low)] <= high and len(digits) in lengths for low, high, lengths in REFERENCE_BRANDS)
 
 
 def reference_clabe_valid(digits: str) -> bool:
@@ -207,7 +205,9 @@ def implied_refusal_rate(length: int) -> float:
     """The share of random ``length``-digit numbers the brand rules allow, times Luhn's 1 in 10."""
     # Each brand range as an interval of 6-digit prefixes; their union's share of all prefixes.
     intervals = sorted(
-        (int(low.ljust(6, "0")), int(high.ljust(6, "9")) + 1) for low, high, lengths in REFERENCE_BRANDS if length in lengths
+        (int(low.ljust(6, "0")), int(high.ljust(6, "9")) + 1)
+        for low, high, lengths in REFERENCE_BRANDS
+        if length in lengths
     )
     covered, reach = 0, 0
     for start, end in intervals:
