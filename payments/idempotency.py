@@ -15,6 +15,7 @@ database transaction, together with the work the key protects:
    not at all. The ``(user, key)`` unique constraint is the last guard: if a
    parallel request committed the key between our look-up and our insert, the
    insert fails, everything we did rolls back, and the stored response answers.
+   Only that constraint means "key taken": any other integrity error is a 500, logged.
 4. A failed request (a ``ProblemError`` such as a validation error, or an
    unexpected exception) rolls back and stores nothing: as at Stripe, only requests
    that did their work are kept, so the client may fix the body and retry.
@@ -224,10 +225,28 @@ def _perform(
             created_at=now,
             expires_at=now + settings.IDEMPOTENCY_KEY_RETENTION,
         )
-    except IntegrityError:
+    except IntegrityError as error:
+        if not _violates_key_constraint(error):
+            # Any other constraint is a bug, not a race: answer 500 once, never re-run the work.
+            logger.error("idempotency: storing the response broke a constraint user=%s", user.pk, exc_info=True)
+            raise
         logger.info("idempotency: key stored by a parallel request, work rolled back user=%s", user.pk)
         raise _KeyTaken() from None
     return StoredResponse(status=result.status, content=content, headers=headers, replayed=False)
+
+
+_KEY_CONSTRAINT = "idempotency_user_key_unique"
+
+
+def _violates_key_constraint(error: IntegrityError) -> bool:
+    """True only for the ``(user, key_hmac)`` unique constraint: a parallel request stored the key."""
+    cause = error.__cause__
+    diag = getattr(cause, "diag", None)
+    if diag is not None:  # PostgreSQL (psycopg) names the constraint
+        return bool(getattr(diag, "constraint_name", None) == _KEY_CONSTRAINT)
+    # SQLite names the columns: "UNIQUE constraint failed: payments_idempotencyrecord.user_id, ....key_hmac"
+    message = str(error)
+    return message.startswith("UNIQUE constraint failed") and "payments_idempotencyrecord.key_hmac" in message
 
 
 def _replay(record: IdempotencyRecord) -> StoredResponse:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import requests
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection
 
 from accounts.services import token_issue
 from payments import idempotency
@@ -466,3 +466,41 @@ def test_the_helper_is_reusable_for_other_work(owner):
         True,
     )
     assert idempotency.REPLAYED_HEADER in second.as_http_response()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_integrity_error_other_than_the_key_constraint_is_an_error_not_a_taken_key(owner, caplog):
+    # given work whose record insert breaks another constraint (a negative response_status
+    # fails the column's CHECK): not the idempotency key's
+    runs = []
+
+    def work(now):
+        runs.append(now)
+        return WorkResult(-1, {"id": "x"})
+
+    # when it runs
+    with pytest.raises(IntegrityError) as raised:
+        idempotent_execute(user=owner, key="fk", fingerprint="f" * 64, work=work)
+
+    # then the work ran once (never retried as if a parallel request held the key), the
+    # error reaches the caller (500) and nothing is stored
+    assert len(runs) == 1
+    assert "idempotency_user_key_unique" not in str(raised.value)
+    assert not IdempotencyRecord.objects.exists()
+    assert any("idempotency" in record.getMessage() and record.levelname == "ERROR" for record in caplog.records)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_foreign_key_error_in_the_work_answers_500_once(owner):
+    # given work that stores a payment reference to a row that does not exist (checked at insert)
+    runs = []
+
+    def work(now):
+        runs.append(now)
+        return WorkResult(201, {"id": "ghost"}, payment=Payment(id=uuid.uuid4()))
+
+    with pytest.raises(IntegrityError):
+        idempotent_execute(user=owner, key="ghost", fingerprint="g" * 64, work=work)
+
+    assert len(runs) == 1
+    assert not IdempotencyRecord.objects.exists()
