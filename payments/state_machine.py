@@ -20,6 +20,7 @@ from typing import Any
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from .models import Payment, PaymentEvent
@@ -410,9 +411,11 @@ class _PortableBatch:
         now = timezone.now()
         count = 0
         for item in items:
+            wake = now + item.delay
             updates: dict[str, Any] = {
                 "lease_expires_at": None,
-                "next_attempt_at": now + item.delay,
+                # A deferral (no try counted) never pulls a payment's own next try forward.
+                "next_attempt_at": wake if item.count_try else Greatest(Coalesce(F("next_attempt_at"), wake), wake),
                 "updated_at": now,
             }
             if item.count_try:
@@ -433,8 +436,11 @@ class _PortableBatch:
         waiting = list(
             Payment.objects.filter(pk__in=list(ids), status=Status.RETRY_SCHEDULED).values_list("pk", flat=True)
         )
+        # Never earlier than the payment's own backoff (a gateway's Retry-After may be longer).
         Payment.objects.filter(pk__in=waiting, status=Status.RETRY_SCHEDULED).update(
-            lease_expires_at=None, next_attempt_at=now + delay, updated_at=now
+            lease_expires_at=None,
+            next_attempt_at=Greatest(Coalesce(F("next_attempt_at"), now + delay), now + delay),
+            updated_at=now,
         )
         return [p.pk for p in moved] + waiting
 
@@ -766,7 +772,10 @@ class _PostgresBatch:
         WITH expected AS MATERIALIZED (SELECT %(status)s::text AS status)
         UPDATE payments_payment AS p
         SET lease_expires_at = NULL, updated_at = statement_timestamp(),
-            next_attempt_at = statement_timestamp() + v.delay * interval '1 second',
+            next_attempt_at = CASE WHEN v.tried = 1
+                THEN statement_timestamp() + v.delay * interval '1 second'
+                -- a deferral never pulls the payment's own next try forward
+                ELSE GREATEST(p.next_attempt_at, statement_timestamp() + v.delay * interval '1 second') END,
             reconcile_attempts = p.reconcile_attempts + v.tried
         FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(delays)s::float8[], %(tried)s::int[])
              AS v(id, attempt, delay, tried)
@@ -809,7 +818,9 @@ class _PostgresBatch:
             FROM moved
         ), waiting AS (
             UPDATE payments_payment AS p
-            SET lease_expires_at = NULL, next_attempt_at = statement_timestamp() + %(delay)s,
+            -- never earlier than the payment's own backoff (a gateway's Retry-After may be longer)
+            SET lease_expires_at = NULL,
+                next_attempt_at = GREATEST(p.next_attempt_at, statement_timestamp() + %(delay)s),
                 updated_at = statement_timestamp()
             FROM expected
             WHERE p.id = ANY(%(ids)s) AND p.status = expected.retry_scheduled

@@ -182,3 +182,37 @@ def test_the_engine_opens_it_from_real_gateway_failures(use_gateway: Gateway, ma
     assert set(Payment.objects.filter(pk__in=[p.pk for p in payments]).values_list("status", flat=True)) == {
         Status.RETRY_SCHEDULED
     }
+
+
+def test_deferring_a_retry_for_an_open_circuit_never_moves_it_earlier(
+    use_gateway: Gateway, make_payment: MakePayment
+) -> None:
+    # given a retry the gateway asked to wait 3,000 s for (Retry-After), and a stale execution
+    # message for it arriving while the circuit is open
+    payment = make_payment(due_in=-1)
+    backoff = timezone.now() + timedelta(seconds=3000)
+    Payment.objects.filter(pk=payment.pk).update(status=Status.RETRY_SCHEDULED, attempts=1, next_attempt_at=backoff)
+    circuit_record(NAME, calls=10, failures=10)
+
+    report = payments_execute([payment.pk])
+
+    # then it is deferred, but not earlier than its own backoff
+    assert report.deferred == 1
+    payment.refresh_from_db()
+    assert payment.status == Status.RETRY_SCHEDULED
+    assert payment.next_attempt_at is not None
+    assert payment.next_attempt_at >= backoff
+
+
+def test_deferring_a_reconciliation_never_moves_it_earlier(use_gateway: Gateway, make_payment: MakePayment) -> None:
+    # given a reconciliation whose next rung is an hour away, asked early while the circuit is open
+    payment = make_payment(due_in=-1)
+    rung = timezone.now() + timedelta(hours=1)
+    Payment.objects.filter(pk=payment.pk).update(status=Status.RECONCILING, attempts=1, next_attempt_at=rung)
+    circuit_record(NAME, calls=10, failures=10)
+
+    assert payments_reconcile([payment.pk]).deferred == 1
+
+    payment.refresh_from_db()
+    assert payment.next_attempt_at is not None
+    assert payment.next_attempt_at >= rung
