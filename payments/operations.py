@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import enum
 import uuid
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
@@ -29,6 +31,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.services import audit_record
 
+from . import selectors
 from .gateways.classification import GATEWAY_REJECTED, GATEWAY_REJECTED_MESSAGE
 from .models import Payment, PaymentEvent
 from .retry_policy import Redrive, reconcile_deadline, redrive_kind
@@ -69,6 +72,33 @@ def _locked_dead_letter(payment_id: uuid.UUID | str) -> Payment:
             "not_dead_lettered", f"Payment {payment.pk} is {payment.status}, not dead_lettered: nothing to do."
         )
     return payment
+
+
+def reconcile_lease_live_until(payment: Payment) -> datetime | None:
+    """Until when a reconciliation task claimed before the dead-letter may still be re-sending, if at all.
+
+    A reconcile task holds its claim for ``SUBMIT_LEASE``; a task whose lease ran out while it was
+    still working may have had its re-send in flight when another task dead-lettered the payment.
+    No send starts on an expired lease and none outlives one (``docs/execution.md``), so once
+    ``SUBMIT_LEASE`` has passed since the dead-letter, every earlier claim has ended.
+    """
+    ends: list[datetime] = []
+    if payment.lease_expires_at is not None:
+        ends.append(payment.lease_expires_at)
+    dead_lettered_at = (
+        PaymentEvent.objects.filter(
+            payment=payment,
+            attempt=payment.attempts,
+            from_status=Status.RECONCILING,
+            to_status=Status.DEAD_LETTERED,
+        )
+        .order_by("-at")
+        .values_list("at", flat=True)
+        .first()
+    )
+    if dead_lettered_at is not None:
+        ends.append(dead_lettered_at + settings.SUBMIT_LEASE)
+    return max(ends) if ends else None
 
 
 def _first_submitted_at(payment: Payment) -> Any:
@@ -152,6 +182,15 @@ def dead_letter_resolve(
     with transaction.atomic():
         payment = _locked_dead_letter(payment_id)
         now = timezone.now()
+        if outcome == Resolution.FAILED:
+            live_until = reconcile_lease_live_until(payment)
+            if live_until is not None and selectors.database_now() < live_until:
+                raise OperationRefused(
+                    "reconcile_lease_live",
+                    f"A reconciliation of attempt {payment.attempts} may still be re-sending it until "
+                    f"{live_until.isoformat()} (its lease): a charge could still land. Resolve it as failed after "
+                    "that instant, once the gateway's records show no charge.",
+                )
         changes: dict[str, Any] = {"lease_expires_at": None, "next_attempt_at": None}
         if reference:
             changes["gateway_reference"] = reference

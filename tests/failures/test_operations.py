@@ -313,3 +313,46 @@ def test_support_cannot_see_or_redrive_dead_letters(
     )
     payment.refresh_from_db()
     assert payment.status == Status.DEAD_LETTERED
+
+
+def test_resolving_as_failed_is_refused_while_a_reconciliation_may_still_be_re_sending(
+    make_payment: MakePayment, settings: Any
+) -> None:
+    # given a payment a reconciliation just dead-lettered (an earlier reconcile task, whose lease ran
+    # out mid-work, may still have its re-send in flight for up to SUBMIT_LEASE)
+    from payments.state_machine import OutcomeWrite, record_outcomes
+
+    payment = make_payment(due_in=-60)
+    Payment.objects.filter(pk=payment.pk).update(status=Status.RECONCILING, attempts=1)
+    written = record_outcomes(
+        [
+            OutcomeWrite(
+                payment.pk,
+                1,
+                Status.DEAD_LETTERED,
+                "reconciliation_inconclusive",
+                dead_letter_reason=DeadLetterReason.RECONCILIATION_INCONCLUSIVE,
+            )
+        ],
+        from_status=Status.RECONCILING,
+        actor="system:reconciler",
+    )
+    assert written == [payment.pk]
+
+    # when an operator resolves it as failed at once
+    with pytest.raises(OperationRefused) as refused:
+        dead_letter_resolve(payment_id=payment.pk, actor="staff:1", outcome="failed", reason="INC-9 no charge")
+
+    # then it is refused, with the reason and the instant it becomes possible
+    assert refused.value.code == "reconcile_lease_live"
+    assert "re-sending" in refused.value.message
+    payment.refresh_from_db()
+    assert payment.status == Status.DEAD_LETTERED
+
+    # and once the lease has passed, the same resolution goes through
+    PaymentEvent.objects.filter(payment=payment, to_status=Status.DEAD_LETTERED).update(
+        at=timezone.now() - settings.SUBMIT_LEASE - timedelta(seconds=1)
+    )
+    dead_letter_resolve(payment_id=payment.pk, actor="staff:1", outcome="failed", reason="INC-9 no charge")
+    payment.refresh_from_db()
+    assert payment.status == Status.FAILED
