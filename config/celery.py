@@ -21,7 +21,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_init
+from celery.signals import beat_init, task_postrun, task_prerun, worker_init
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
@@ -84,6 +84,21 @@ def _configure_queues(sender: Celery, **kwargs: Any) -> None:
         queue_type=settings.BROKER_QUEUE_TYPE,
         delivery_limit=settings.BROKER_DELIVERY_LIMIT,
     )
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_contradictory_timing(sender: Any = None, **kwargs: Any) -> None:
+    """A worker or beat never starts with leases shorter than the work they cover (``payments.timing``).
+
+    Celery's Django fix-up runs the system checks at start but ignores their errors.
+    """
+    from django.core import checks
+    from django.core.management.base import SystemCheckError
+
+    errors = [message for message in checks.run_checks(tags=["payments"]) if message.is_serious()]
+    if errors:
+        raise SystemCheckError("\n".join(str(error) for error in errors))
 
 
 @worker_init.connect

@@ -7,4 +7,7 @@ class PaymentsConfig(AppConfig):
 
     def ready(self) -> None:
         # The operations admin (dead letters, circuit) lives apart from payments/admin.py.
-        from . import admin_operations  # noqa: F401
+        from . import (
+            admin_operations,  # noqa: F401
+            timing,  # noqa: F401  (registers the timing settings' system checks)
+        )

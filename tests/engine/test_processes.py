@@ -182,7 +182,13 @@ def test_a_worker_killed_mid_batch_leaves_every_payment_terminal_and_charged_onc
     engine: Engine, gateway: Gateway, make_payment: MakePayment
 ) -> None:
     # given slow gateway calls, short leases, and a worker about to execute a batch
-    lease = {"SUBMIT_LEASE_SECONDS": "3", "DISPATCH_LEASE_SECONDS": "5"}
+    # (short leases need short timeouts and look-ahead: a worker refuses leases its work could outlive)
+    lease = {
+        "SUBMIT_LEASE_SECONDS": "5",
+        "DISPATCH_LEASE_SECONDS": "5",
+        "GATEWAY_TIMEOUT_SECONDS": "0.75",
+        "SWEEP_LOOKAHEAD_SECONDS": "1",
+    }
     victim = engine.start_worker(**lease)
     engine.start_beat(**lease)
     gateway.set_faults(latency_ms=300)

@@ -121,7 +121,8 @@ def test_a_worker_killed_between_the_gateways_answer_and_the_commit_is_reconcile
     engine: Engine, gateway: Gateway, make_payment: MakePayment
 ) -> None:
     # given a worker that, by the fault-injection hook, stalls after the gateway charged and before recording
-    victim = engine.start_worker(PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS="60", SUBMIT_LEASE_SECONDS="3")
+    short_lease = {"SUBMIT_LEASE_SECONDS": "5", "GATEWAY_TIMEOUT_SECONDS": "0.75"}  # a lease its work fits
+    victim = engine.start_worker(PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS="60", **short_lease)
     engine.start_beat()
     payment = make_payment(due_in=2)
 
@@ -130,7 +131,7 @@ def test_a_worker_killed_between_the_gateways_answer_and_the_commit_is_reconcile
     assert Payment.objects.get(pk=payment.pk).status == Status.SUBMITTING
     assert "FAULT INJECTION" in victim.log()
     victim.kill_hard()
-    engine.start_worker(SUBMIT_LEASE_SECONDS="3")
+    engine.start_worker(**short_lease)
 
     # then the lease runs out, reconciliation finds the charge under the same key, and it is recorded once
     final = wait_terminal([payment.pk], timeout=30)[payment.pk]
