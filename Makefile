@@ -30,7 +30,7 @@ migrate: $(STAMP) ## apply database migrations
 	$(BIN)/python manage.py migrate --noinput
 
 run: $(STAMP) migrate ## start web, worker, beat and the sandbox gateway (embedded default unless URLs are set)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start web worker beat gateway
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start web worker recovery beat gateway
 
 services-check: $(STAMP) ## fail loudly unless PostgreSQL, RabbitMQ and Redis answer
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) \

@@ -4,7 +4,9 @@ Queues (docs/execution.md explains the choices):
 
 - ``sweep``: the beat tick. Ticks are disposable (they expire after two
   intervals), so this queue has no dead-letter exchange: a stale tick is dropped.
-- ``execution``: execution and reconciliation tasks, published with an ETA.
+- ``execution``: the execution of due payments, published with an ETA (the ``worker`` process).
+- ``recovery``: reconciliation tasks and retries (the ``recovery`` process): slow or hanging
+  lookups and re-sends there can never hold up the sweep or a due payment.
 - ``housekeeping``: periodic maintenance (idempotency purge) and the default.
 - ``dead_letter``: fed by the ``payments.dlx`` exchange with messages RabbitMQ
   gave up on (rejected, or redelivered more than the delivery limit). The
@@ -28,7 +30,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 
 TASK_EXCHANGE = "payments"
 DEAD_LETTER_EXCHANGE = "payments.dlx"
-WORK_QUEUES = ("sweep", "execution", "housekeeping")
+WORK_QUEUES = ("sweep", "execution", "recovery", "housekeeping")
+# Retries of attempts proven uncharged: execution tasks, but on the recovery queue with reconciliations.
+RECOVERY_QUEUE = "recovery"
 DEAD_LETTER_QUEUE = "dead_letter"
 
 

@@ -27,6 +27,8 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from .circuit import (
@@ -48,6 +51,7 @@ from .currencies import format_minor_units
 from .gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, OutcomeKind
 from .models import Payment, PaymentEvent
 from .retry_policy import (
+    DeadLetterReason,
     Decision,
     Phase,
     RetryBudget,
@@ -74,6 +78,7 @@ from .state_machine import (
     sweep_leader_lock,
 )
 from .statuses import Status
+from .timing import gateway_work, reconcile_lookup_budget_seconds
 
 if TYPE_CHECKING:
     from .gateways.base import Gateway
@@ -190,14 +195,17 @@ def delivery_options(eta: datetime | None) -> dict[str, Any]:
     return {"eta": eta}
 
 
-def _publish(task_name: str, groups: Sequence[tuple[datetime | None, list[uuid.UUID]]]) -> int:
-    """Publish one task per group over one producer (publisher confirms on RabbitMQ)."""
+def _publish(
+    task_name: str, groups: Sequence[tuple[datetime | None, list[uuid.UUID]]], *, queue: str | None = None
+) -> int:
+    """Publish one task per group over one producer (publisher confirms on RabbitMQ); ``queue`` overrides the route."""
     from config.celery import app
 
+    route: dict[str, Any] = {} if queue is None else {"queue": queue, "routing_key": queue}
     published = 0
     with app.producer_or_acquire() as producer:
         for eta, ids in groups:
-            app.send_task(task_name, args=[[str(i) for i in ids]], producer=producer, **delivery_options(eta))
+            app.send_task(task_name, args=[[str(i) for i in ids]], producer=producer, **route, **delivery_options(eta))
             published += 1
     return published
 
@@ -217,6 +225,27 @@ def publish_executions(claims: Sequence[Claim]) -> int:
         logger.exception("sweep: publishing %s execution tasks failed; releasing their leases", len(groups))
         release_dispatch_leases([claim.payment_id for claim in claims])
         raise
+
+
+def _publish_waiting(task_name: str, claims: Sequence[Claim]) -> int:
+    """Publish the tasks for claimed retries or reconciliations; if the broker refuses, end their leases
+    (the next tick hands them out again) and let the tick carry on with the due payments."""
+    if not claims:
+        return 0
+    from config.celery import RECOVERY_QUEUE
+
+    if task_name == RECONCILE_TASK:
+        groups = group_claims(claims, batch_size=settings.EXECUTION_BATCH_SIZE, window=timedelta.max)
+        timed: list[tuple[datetime | None, list[uuid.UUID]]] = [(None, ids) for _, ids in groups]
+    else:
+        timed = list(group_claims(claims, batch_size=settings.EXECUTION_BATCH_SIZE))
+    try:
+        # Both go to the recovery queue: its own consumer, so they never hold up due payments.
+        return _publish(task_name, timed, queue=RECOVERY_QUEUE)
+    except Exception:
+        logger.exception("sweep: publishing %s tasks for %s claims failed; releasing them", task_name, len(claims))
+        release_dispatch_leases([claim.payment_id for claim in claims])
+        return 0
 
 
 def _gateway_name() -> str:
@@ -256,9 +285,7 @@ def payments_sweep(*, max_batches: int = SWEEP_MAX_BATCHES) -> SweepReport:
             status=Status.RECONCILING, lease=settings.SUBMIT_LEASE, limit=batch_size
         )
         report.reconciliations = len(reconciliations)
-        if reconciliations:
-            groups = group_claims(reconciliations, batch_size=settings.EXECUTION_BATCH_SIZE, window=timedelta.max)
-            report.tasks_published += _publish(RECONCILE_TASK, [(None, ids) for _, ids in groups])
+        report.tasks_published += _publish_waiting(RECONCILE_TASK, reconciliations)
 
         # A lost execution message (broker restart, purged queue), or a payment deferred while the
         # circuit was open: publish again.
@@ -268,7 +295,7 @@ def payments_sweep(*, max_batches: int = SWEEP_MAX_BATCHES) -> SweepReport:
 
         retries = claim_waiting_payments(status=Status.RETRY_SCHEDULED, lease=settings.DISPATCH_LEASE, limit=batch_size)
         report.retries = len(retries)
-        report.tasks_published += publish_executions(retries)
+        report.tasks_published += _publish_waiting(EXECUTE_TASK, retries)
 
         for _ in range(max_batches):
             claims = claim_due_payments(
@@ -296,6 +323,7 @@ class ExecutionReport:
     not_yet_due: int = 0
     skipped: int = 0  # canceled, or already moved on by another delivery
     deferred: int = 0  # held back, no attempt begun: the gateway's circuit is open
+    lease_lost: int = 0  # begun, but not sent: the lease no longer covered the call (reconciled later)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,6 +370,32 @@ def _defer_delay(admission: Admission) -> timedelta:
     return (admission.retry_in or timedelta(seconds=1)) + timedelta(seconds=random.uniform(0, DEFER_JITTER_SECONDS))
 
 
+def _covered_by_lease(payments: Sequence[Payment], *, status: str) -> tuple[list[Payment], list[Payment]]:
+    """Split claims into those whose lease still covers the gateway call, by the database clock, and the rest.
+
+    Checked right before the call: a worker stalled since its claim (GC pause, SIGSTOP, slow DNS) must not
+    send on a lease that ran out, or would run out mid-call, while another worker may hold the payment.
+    The rest are left as they are: their expired lease brings them to reconciliation under the same key.
+    """
+    if not payments:
+        return [], []
+    call = timedelta(seconds=gateway_work().batch_seconds(len(payments)))
+    covered = set(
+        Payment.objects.filter(
+            pk__in=[p.pk for p in payments], status=status, lease_expires_at__gte=Now() + call
+        ).values_list("pk", "attempts")
+    )
+    keep = [p for p in payments if (p.pk, p.attempts) in covered]
+    lost = [p for p in payments if (p.pk, p.attempts) not in covered]
+    if lost:
+        logger.warning(
+            "lease no longer covers the gateway call for %s payments: not sent %s",
+            len(lost),
+            sorted(str(p.pk) for p in lost),
+        )
+    return keep, lost
+
+
 def _fault_pause_after_gateway() -> None:
     """FAULT INJECTION (tests only; inert unless PAYMENTS_FAULT_PAUSE_AFTER_GATEWAY_SECONDS is set).
 
@@ -386,25 +440,47 @@ def payments_execute(payment_ids: Sequence[str | uuid.UUID]) -> ExecutionReport:
     start = begin_submissions(ids, lease=settings.SUBMIT_LEASE, actor=WORKER_ACTOR)  # committed
     report.submitted, report.not_yet_due = len(start.submitting), len(start.not_yet_due)
     report.skipped = len(ids) - report.submitted - report.not_yet_due
-    if start.not_yet_due:
-        logger.info("execute: %s payments delivered early, re-published", len(start.not_yet_due))
-        _republish_early(start.not_yet_due)
-    if not start.submitting:
+    try:
+        # Nothing between the committed begin and its gateway call: the early ones wait for after it.
+        return _submit(start.submitting, report, circuit=circuit, admission=admission)
+    finally:
+        _republish_early_or_release(start.not_yet_due)
+
+
+def _republish_early_or_release(not_yet_due: Sequence[tuple[uuid.UUID, float]]) -> None:
+    """Re-publish early deliveries for their due instant; if the broker refuses, end their dispatch
+    leases so the next sweep publishes them again (never raised: the batch's outcomes are recorded)."""
+    if not not_yet_due:
+        return
+    logger.info("execute: %s payments delivered early, re-published", len(not_yet_due))
+    try:
+        _republish_early(not_yet_due)
+    except Exception:
+        logger.exception("execute: re-publishing %s early payments failed; releasing their leases", len(not_yet_due))
+        release_dispatch_leases([payment_id for payment_id, _ in not_yet_due])
+
+
+def _submit(
+    submitting: list[Payment], report: ExecutionReport, *, circuit: str, admission: Admission
+) -> ExecutionReport:
+    """Send the begun attempts whose lease still covers the call, record each outcome, report to the circuit."""
+    _assert_outside_transaction()
+    sending, lost = _covered_by_lease(submitting, status=Status.SUBMITTING)
+    report.lease_lost = len(lost)
+    if not sending:
         if admission.probe:
             circuit_abandon_probe(circuit)
         return report
-
-    _assert_outside_transaction()
-    outcomes = _gateway().charge_many([charge_request(p) for p in start.submitting])
+    outcomes = _gateway().charge_many([charge_request(p) for p in sending])
     _fault_pause_after_gateway()
     now = timezone.now()
-    writes = [outcome_write(p, o, now=now) for p, o in zip(start.submitting, outcomes, strict=True)]
+    writes = [outcome_write(p, o, now=now) for p, o in zip(sending, outcomes, strict=True)]
     written = record_outcomes(writes, from_status=Status.SUBMITTING, actor=WORKER_ACTOR)
     report.recorded = len(written)
     if len(written) < len(writes):
         # Fenced: the lease expired and the sweep moved the payment on; reconciliation settles it.
-        lost = {w.payment_id for w in writes} - set(written)
-        logger.warning("execute: outcomes of %s fenced off (lease expired): %s", len(lost), sorted(map(str, lost)))
+        fenced = {w.payment_id for w in writes} - set(written)
+        logger.warning("execute: outcomes of %s fenced off (lease expired): %s", len(fenced), sorted(map(str, fenced)))
     circuit_record(
         circuit,
         calls=len(outcomes),
@@ -443,6 +519,54 @@ def first_submitted_at(payments: Sequence[Payment]) -> dict[uuid.UUID, datetime]
 
 
 @dataclass
+class Lookup:
+    record: ChargeRecord | None = None
+    failure: str | None = None  # the gateway could not be asked, or did not answer within the budget
+    reported: bool = False  # the failure was already recorded in the circuit, as it happened
+
+
+def _look_up(
+    gateway: Gateway, payments: Sequence[Payment], *, circuit: str, report_failures: bool
+) -> dict[Any, Lookup]:
+    """Every payment's attempt key looked up concurrently, within the lookup budget of the task's lease.
+
+    The budget (``timing.reconcile_lookup_budget_seconds``: the lease minus a re-send's worst case and
+    a margin) makes the task's work fit its lease by construction: a lookup still unanswered then counts
+    as failed (asked again on the ladder), so the re-sends that follow still fit. With
+    ``report_failures`` each failure is recorded in the circuit as it happens, not after the batch.
+    A lookup that raises anything but ``GatewayLookupError`` (a bug) is raised here.
+    """
+    budget = max(0.0, reconcile_lookup_budget_seconds())
+    results: dict[Any, Lookup] = {}
+    pool = ThreadPoolExecutor(max_workers=min(len(payments), gateway_work().concurrency), thread_name_prefix="lookup")
+    try:
+        futures = {
+            pool.submit(gateway.find_charge, payment.gateway_idempotency_key(payment.attempts)): payment.pk
+            for payment in payments
+        }
+        try:
+            for future in as_completed(futures, timeout=budget):
+                payment_id = futures[future]
+                try:
+                    results[payment_id] = Lookup(record=future.result())
+                except GatewayLookupError as exc:
+                    if report_failures:
+                        circuit_record(circuit, calls=1, failures=1)
+                    results[payment_id] = Lookup(failure=str(exc), reported=report_failures)
+        except FuturesTimeout:
+            pass
+        for payment_id in futures.values():
+            if payment_id not in results:
+                if report_failures:
+                    circuit_record(circuit, calls=1, failures=1)
+                results[payment_id] = Lookup(failure=f"no answer within {budget:g} s", reported=report_failures)
+    finally:
+        # Unanswered lookups are abandoned (each ends at its HTTP timeout); they change nothing.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+@dataclass
 class ReconcileReport:
     found: int = 0
     resent: int = 0
@@ -450,6 +574,7 @@ class ReconcileReport:
     postponed: int = 0
     deferred: int = 0  # not asked: the gateway's circuit is open (no rung climbed)
     dead_lettered: int = 0  # the key's retention ran out without an answer
+    lease_lost: int = 0  # not re-sent: the claim's lease no longer covered the call (claimed again later)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -502,16 +627,18 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
     gateway = _gateway() if payments else None
     calls = failures = 0
     resend: list[Payment] = []
+    lookups: dict[Any, Lookup] = {}
+    if gateway is not None:
+        lookups = _look_up(gateway, payments, circuit=circuit, report_failures=not admission.probe)
     for payment in payments:
-        assert gateway is not None
-        calls += 1
-        try:
-            record = gateway.find_charge(payment.gateway_idempotency_key(payment.attempts))
-        except GatewayLookupError as exc:
-            logger.warning("reconcile: lookup failed for %s, will ask again: %s", payment.pk, exc)
-            failures += 1
+        lookup = lookups[payment.pk]
+        calls += 0 if lookup.reported else 1  # a reported failure was already told to the circuit
+        if lookup.failure is not None:
+            logger.warning("reconcile: lookup failed for %s, will ask again: %s", payment.pk, lookup.failure)
+            failures += 0 if lookup.reported else 1
             ask_later(payment, "lookup_failed")
             continue
+        record = lookup.record
         if record is not None:
             report.found += 1
             writes.append(record_write(payment, record))
@@ -520,6 +647,8 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
             writes.append(decision_write(payment, inconclusive({"lookup": "absent"})))
         else:
             resend.append(payment)
+    resend, lease_lost = _covered_by_lease(resend, status=Status.RECONCILING)
+    report.lease_lost = len(lease_lost)
     if resend:
         assert gateway is not None
         _assert_outside_transaction()
@@ -551,6 +680,49 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
         circuit_abandon_probe(circuit)
     logger.info("reconcile %s", report.as_dict())
     return report
+
+
+RECONCILE_CRASHED = "reconcile_crashed"
+
+
+def payments_reconcile_crashed(payment_ids: Sequence[str | uuid.UUID]) -> int:
+    """A reconcile task raised (a misconfigured adapter, a bug): its payments climb a rung as if asked.
+
+    So a task that raises every time cannot loop once per lease forever: each crash counts towards
+    the reconcile deadline, and past it the payment is dead-lettered ``needs_operator``. The crashed
+    task is over, so nothing of it is still in flight. Returns how many payments were moved on.
+    """
+    ids = [uuid.UUID(str(i)) for i in payment_ids]
+    payments = list(Payment.objects.filter(pk__in=ids, status=Status.RECONCILING).only(*SUBMISSION_FIELDS))
+    if not payments:
+        return 0
+    now = timezone.now()
+    deadlines = {pid: reconcile_deadline(at) for pid, at in first_submitted_at(payments).items()}
+    writes: list[OutcomeWrite] = []
+    later: list[Reschedule] = []
+    for payment in payments:
+        decision = reconcile_decision(
+            reason=RECONCILE_CRASHED, tries=payment.reconcile_attempts, now=now, deadline=deadlines[payment.pk]
+        )
+        if decision.to_status == Status.RECONCILING:
+            assert decision.next_attempt_in is not None
+            later.append(Reschedule(payment.pk, payment.attempts, decision.next_attempt_in, count_try=True))
+        else:
+            writes.append(
+                OutcomeWrite(
+                    payment.pk,
+                    payment.attempts,
+                    Status.DEAD_LETTERED,
+                    RECONCILE_CRASHED,
+                    dead_letter_reason=DeadLetterReason.NEEDS_OPERATOR,
+                    data={"crashed_until": deadlines[payment.pk].isoformat()},
+                )
+            )
+    written = record_outcomes(writes, from_status=Status.RECONCILING, actor=RECONCILER_ACTOR)
+    moved = len(written) + reschedule_waiting(later, status=Status.RECONCILING)
+    if written:
+        logger.error("reconcile: tasks kept crashing past the deadline, dead-lettered %s", sorted(map(str, written)))
+    return moved
 
 
 # --- Periodic tasks (django-celery-beat) -----------------------------------------------

@@ -208,6 +208,10 @@ def _outcome_changes(write: OutcomeWrite, now: datetime) -> dict[str, Any]:
     return changes
 
 
+# Claims whose task could not be published: their lease is ended at once (release_dispatch_leases).
+_RELEASABLE = (Status.DISPATCHED, Status.RETRY_SCHEDULED, Status.RECONCILING)
+
+
 def _lease_expired(payment: Payment, now: datetime) -> bool:
     return payment.lease_expires_at is not None and payment.lease_expires_at <= now
 
@@ -334,7 +338,7 @@ class _PortableBatch:
 
     def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
         now = timezone.now()
-        return Payment.objects.filter(pk__in=ids, status=Status.DISPATCHED).update(lease_expires_at=now)
+        return Payment.objects.filter(pk__in=ids, status__in=_RELEASABLE).update(lease_expires_at=now)
 
     def begin_submissions(self, ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
         submitting: list[Payment] = []
@@ -619,10 +623,13 @@ class _PostgresBatch:
         return [Claim(row[0], row[1]) for row in rows]
 
     RELEASE_LEASES_SQL = """
-        WITH expected AS MATERIALIZED (SELECT 'dispatched'::text AS dispatched)
+        WITH expected AS MATERIALIZED (
+            SELECT 'dispatched'::text AS dispatched, 'retry_scheduled'::text AS retry_scheduled,
+                   'reconciling'::text AS reconciling
+        )
         UPDATE payments_payment AS p SET lease_expires_at = statement_timestamp()
         FROM expected
-        WHERE p.id = ANY(%(ids)s) AND p.status = expected.dispatched
+        WHERE p.id = ANY(%(ids)s) AND p.status IN (expected.dispatched, expected.retry_scheduled, expected.reconciling)
     """
 
     def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
@@ -879,7 +886,7 @@ def claim_waiting_payments(*, status: str, lease: timedelta, limit: int) -> list
 
 
 def release_dispatch_leases(payment_ids: Sequence[uuid.UUID]) -> int:
-    """Expire the dispatch leases of claims whose execution task could not be published."""
+    """End the leases of claims (dispatched, retry or reconciliation) whose task could not be published."""
     return _batch_backend().release_dispatch_leases(payment_ids)
 
 

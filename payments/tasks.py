@@ -49,7 +49,14 @@ def execute_payments_task(payment_ids: list[str]) -> dict[str, Any]:
 
 @shared_task(name=execution.RECONCILE_TASK, **_PAYMENT_TASK_OPTIONS)
 def reconcile_payments_task(payment_ids: list[str]) -> dict[str, Any]:
-    return execution.payments_reconcile(payment_ids).as_dict()
+    try:
+        return execution.payments_reconcile(payment_ids).as_dict()
+    except _DB_ERRORS:
+        raise  # retried above; the claim's lease brings the payments back either way
+    except Exception:
+        # A crash counts as a try on the ladder (and dead-letters past the deadline), then fails loudly.
+        execution.payments_reconcile_crashed(payment_ids)
+        raise
 
 
 @shared_task(name=execution.IDEMPOTENCY_PURGE_TASK, ignore_result=True, acks_late=True)

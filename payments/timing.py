@@ -63,7 +63,9 @@ def gateway_work(backend: str | None = None) -> GatewayWork:
 
         retries = adapter.DEFAULT_MAX_NETWORK_RETRIES
         # stripe.HTTPClient sleeps min(INITIAL_DELAY * 2**(n-1), MAX_DELAY) before retry n (jitter only shortens it).
-        initial, cap = adapter.stripe.HTTPClient.INITIAL_DELAY, adapter.stripe.HTTPClient.MAX_DELAY
+        import stripe
+
+        initial, cap = stripe.HTTPClient.INITIAL_DELAY, stripe.HTTPClient.MAX_DELAY
         backoff = sum(min(initial * 2 ** (n - 1), cap) for n in range(1, retries + 1))
         connect, tries, concurrency = adapter.DEFAULT_CONNECT_TIMEOUT_SECONDS, 1 + retries, adapter.DEFAULT_CONCURRENCY
     else:

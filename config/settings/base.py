@@ -296,7 +296,9 @@ CELERY_TASK_CREATE_MISSING_QUEUES = False
 CELERY_TASK_ROUTES = {
     "payments.tasks.sweep_due_payments_task": {"queue": "sweep", "routing_key": "sweep"},
     "payments.tasks.execute_payments_task": {"queue": "execution", "routing_key": "execution"},
-    "payments.tasks.reconcile_payments_task": {"queue": "execution", "routing_key": "execution"},
+    # Reconciliations (and retries, published there by the sweep) have their own queue and consumer
+    # (the Procfile's recovery process): however long they run, due payments are never stuck behind them.
+    "payments.tasks.reconcile_payments_task": {"queue": "recovery", "routing_key": "recovery"},
     "payments.tasks.idempotency_purge_task": {"queue": "housekeeping", "routing_key": "housekeeping"},
 }
 CELERY_TASK_PUBLISH_RETRY = True

@@ -84,7 +84,7 @@ def test_uuid4_hex_keys_whose_digits_pass_luhn_are_accepted(api):
     # given uuid4().hex keys holding a 13-19 digit run that passes Luhn (about 0.3 % of them;
     # these were refused with 400 idempotency_key_invalid before keys were hashed)
     rng = random.Random(11)
-    keys = []
+    keys: list[str] = []
     while len(keys) < 3:
         key = uuid.UUID(int=rng.getrandbits(128), version=4).hex
         runs = re.findall(r"[0-9]{13,}", key)

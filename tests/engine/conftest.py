@@ -154,7 +154,7 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     """
     sent: list[tuple[str, Any]] = []
 
-    def publish(task_name: str, groups: Any) -> int:
+    def publish(task_name: str, groups: Any, **route: Any) -> int:
         sent.extend((task_name, group) for group in groups)
         return len(groups)
 
@@ -259,9 +259,10 @@ class Engine:
         wait_for(is_ready, timeout=START_TIMEOUT_SECONDS, interval=0.1, what=f"{name} to start")
         return started
 
-    def start_worker(self, **extra_env: str) -> EngineProcess:
+    def start_worker(self, *, queues: str = "sweep,execution,recovery,housekeeping", **extra_env: str) -> EngineProcess:
+        """A worker (by default one consuming every queue; the Procfile splits recovery off into its own)."""
         name = f"engine-worker-{len(self.processes) + 1}-{secrets.token_hex(2)}@%h"
-        args = ["--loglevel", "INFO", "-n", name, "--queues", "sweep,execution,housekeeping", "--concurrency", "2"]
+        args = ["--loglevel", "INFO", "-n", name, "--queues", queues, "--concurrency", "2"]
         return self._start("worker", [*args, "--without-mingle", "--without-gossip"], "ready.", extra_env)
 
     def start_beat(self, **extra_env: str) -> EngineProcess:

@@ -30,7 +30,14 @@ from payments.execution import (
     periodic_tasks_ensure,
 )
 from payments.models import Payment, PaymentEvent
-from payments.state_machine import SWEEP_LOCK_KEY, Claim, _PostgresBatch, claim_due_payments
+from payments.state_machine import (
+    SWEEP_LOCK_KEY,
+    Claim,
+    _PostgresBatch,
+    begin_submissions,
+    claim_due_payments,
+    claim_waiting_payments,
+)
 from payments.statuses import Status
 
 from .conftest import Gateway, MakePayment
@@ -46,6 +53,12 @@ def dispatched(make_payment: MakePayment, **kwargs: Any) -> Payment:
     assert payment.pk in {c.payment_id for c in claims}
     payment.refresh_from_db()
     return payment
+
+
+def claimed_for_reconciliation(payment: Payment) -> None:
+    """What the sweep does before a reconcile task runs: claim it under a lease."""
+    claims = claim_waiting_payments(status=Status.RECONCILING, lease=settings.SUBMIT_LEASE, limit=100)
+    assert payment.pk in {c.payment_id for c in claims}
 
 
 def reasons(payment: Payment) -> list[str]:
@@ -141,6 +154,7 @@ def test_an_attempt_proven_absent_is_resent_with_the_same_key(use_gateway: Gatew
     # given an attempt whose worker vanished before the gateway saw it
     payment = make_payment(due_in=-1)
     Payment.objects.filter(pk=payment.pk).update(status=Status.RECONCILING, attempts=1, next_attempt_at=timezone.now())
+    claimed_for_reconciliation(payment)
 
     report = payments_reconcile([payment.pk])
 
@@ -156,6 +170,7 @@ def test_an_unanswered_resend_keeps_the_key_and_asks_again_later(
 ) -> None:
     payment = make_payment(due_in=-1)
     Payment.objects.filter(pk=payment.pk).update(status=Status.RECONCILING, attempts=1, next_attempt_at=timezone.now())
+    claimed_for_reconciliation(payment)
     use_gateway.set_faults(error_rate=1.0)
 
     report = payments_reconcile([payment.pk])
@@ -166,6 +181,42 @@ def test_an_unanswered_resend_keeps_the_key_and_asks_again_later(
     assert (payment.status, payment.attempts) == (Status.RECONCILING, 1)
     assert payment.next_attempt_at is not None
     assert payment.next_attempt_at > timezone.now()
+
+
+def test_a_worker_stalled_past_its_lease_does_not_send(
+    use_gateway: Gateway, make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker that stalls (GC pause, SIGSTOP, slow DNS) between beginning the attempt and the
+    # gateway call, long enough for its submission lease to run out
+    payment = dispatched(make_payment)
+
+    def begin_then_stall(*args: Any, **kwargs: Any) -> Any:
+        start = begin_submissions(*args, **kwargs)
+        Payment.objects.filter(pk=payment.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+        return start
+
+    monkeypatch.setattr(execution, "begin_submissions", begin_then_stall)
+
+    report = payments_execute([payment.pk])
+
+    # then it does not send: no charge, the attempt stays submitting for the sweep to reconcile
+    assert (report.submitted, report.lease_lost, report.recorded) == (1, 1, 0)
+    assert use_gateway.charges(payment.pk) == []
+    payment.refresh_from_db()
+    assert (payment.status, payment.attempts) == (Status.SUBMITTING, 1)
+
+
+def test_a_reconciliation_whose_claim_ran_out_does_not_resend(use_gateway: Gateway, make_payment: MakePayment) -> None:
+    # given an attempt proven absent, whose reconcile claim has expired (another task may hold it now)
+    payment = make_payment(due_in=-1)
+    Payment.objects.filter(pk=payment.pk).update(
+        status=Status.RECONCILING, attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    report = payments_reconcile([payment.pk])
+
+    assert (report.resent, report.lease_lost) == (0, 1)
+    assert use_gateway.charges(payment.pk) == []
 
 
 def test_a_late_outcome_of_an_expired_attempt_changes_nothing(use_gateway: Gateway, make_payment: MakePayment) -> None:
@@ -240,7 +291,7 @@ def test_a_failed_publish_releases_the_claims_for_the_next_sweep(
     assert payment.lease_expires_at is not None
     assert payment.lease_expires_at <= timezone.now()  # the next sweep re-dispatches it at once
 
-    def publish(task_name: str, groups: Any) -> int:
+    def publish(task_name: str, groups: Any, **route: Any) -> int:
         published.extend((task_name, group) for group in groups)
         return len(groups)
 
@@ -250,6 +301,71 @@ def test_a_failed_publish_releases_the_claims_for_the_next_sweep(
 
 
 @pytest.mark.django_db
+def test_a_failed_publish_of_reconciliations_and_retries_releases_them_and_the_tick_goes_on(
+    make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch, published: list[tuple[str, Any]]
+) -> None:
+    # given a reconciliation and a retry waiting, and a payment falling due
+    in_doubt = make_payment(due_in=-5)
+    Payment.objects.filter(pk=in_doubt.pk).update(status=Status.RECONCILING, attempts=1, next_attempt_at=timezone.now())
+    retry = make_payment(due_in=-5)
+    Payment.objects.filter(pk=retry.pk).update(
+        status=Status.RETRY_SCHEDULED, attempts=1, next_attempt_at=timezone.now()
+    )
+    due = make_payment(due_in=5)
+    calls: list[str] = []
+
+    def broker_refuses_waiting_work(task_name: str, groups: Any, **route: Any) -> int:
+        calls.append(task_name)
+        if len(calls) <= 2:  # the reconciliation's and the retry's publish fail
+            raise ConnectionError("broker down")
+        published.extend((task_name, group) for group in groups)
+        return len(groups)
+
+    monkeypatch.setattr(execution, "_publish", broker_refuses_waiting_work)
+
+    # when the tick runs
+    report = payments_sweep()
+
+    # then it carried on: the due payment was claimed and its execution published
+    assert report.dispatched == 1
+    assert [ids for _, (_, ids) in published] == [[due.pk]]
+    # and the two claims were released at once, for the next tick (not held for their full lease)
+    for payment in (in_doubt, retry):
+        payment.refresh_from_db()
+        assert payment.lease_expires_at is not None
+        assert payment.lease_expires_at <= timezone.now()
+    monkeypatch.setattr(execution, "_publish", lambda task_name, groups, **route: len(groups))
+    again = payments_sweep()
+    assert (again.reconciliations, again.retries) == (1, 1)
+
+
+def test_a_broker_error_on_an_early_delivery_never_stands_before_the_gateway_call(
+    use_gateway: Gateway, make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a batch with a due payment and one delivered before its due instant
+    due = dispatched(make_payment)
+    early = dispatched(make_payment, due_in=20)
+
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(execution, "_republish_early", broker_down)
+
+    # when the early one cannot be re-published
+    report = payments_execute([due.pk, early.pk])
+
+    # then the due payment was still charged and recorded
+    assert (report.submitted, report.recorded, report.not_yet_due) == (1, 1, 1)
+    due.refresh_from_db()
+    assert due.status == Status.SUCCEEDED
+    assert len(use_gateway.charges(due.pk)) == 1
+    # and the early one's lease was released for the next sweep to publish it again
+    early.refresh_from_db()
+    assert early.status == Status.DISPATCHED
+    assert early.lease_expires_at is not None
+    assert early.lease_expires_at <= timezone.now()
+
+
 def test_claims_are_grouped_by_due_instant_with_the_latest_eta() -> None:
     t0 = datetime(2027, 1, 1, tzinfo=UTC)
     offsets = [0, 50, 150, 400, 420, 430, 440]
@@ -374,8 +490,8 @@ def test_intervals_are_whole_seconds_or_microseconds() -> None:
 def test_rabbitmq_queues_are_durable_with_a_dead_letter_exchange(queue_type: str) -> None:
     queues = {q.name: q for q in build_task_queues(amqp=True, queue_type=queue_type, delivery_limit=7)}
 
-    assert set(queues) == {"sweep", "execution", "housekeeping"}
-    for name in ("execution", "housekeeping"):
+    assert set(queues) == {"sweep", "execution", "recovery", "housekeeping"}
+    for name in ("execution", "recovery", "housekeeping"):
         arguments = queues[name].queue_arguments or {}
         assert queues[name].durable
         assert arguments["x-queue-type"] == queue_type
@@ -401,7 +517,7 @@ def test_tasks_are_routed_by_name_and_acknowledged_late() -> None:
     for name, queue in [
         (execution.SWEEP_TASK, "sweep"),
         (execution.EXECUTE_TASK, "execution"),
-        (execution.RECONCILE_TASK, "execution"),
+        (execution.RECONCILE_TASK, "recovery"),
         (execution.IDEMPOTENCY_PURGE_TASK, "housekeeping"),
     ]:
         assert router.route({}, name)["queue"].name == queue
@@ -470,3 +586,40 @@ def test_the_operator_commands_run_a_sweep_and_ensure_schedules(make_payment: Ma
 
     call_command("ensure_schedules", stdout=StringIO())
     assert PeriodicTask.objects.filter(name=execution.SWEEP_PERIODIC_TASK_NAME).exists()
+
+
+def test_a_reconcile_task_that_always_crashes_climbs_the_ladder_and_dead_letters_at_the_deadline(
+    make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payments.tasks import reconcile_payments_task
+
+    class BrokenAdapter:
+        def find_charge(self, key: str) -> None:
+            raise RuntimeError("misconfigured adapter")
+
+    monkeypatch.setattr(execution, "_gateway", BrokenAdapter)
+    # given a payment in doubt, claimed for reconciliation
+    payment = make_payment(due_in=-1)
+    Payment.objects.filter(pk=payment.pk).update(status=Status.RECONCILING, attempts=1, next_attempt_at=timezone.now())
+    claimed_for_reconciliation(payment)
+
+    # when its reconcile task crashes
+    with pytest.raises(RuntimeError):
+        reconcile_payments_task([str(payment.pk)])
+
+    # then the crash counted as a try: one rung up, asked again later, claim ended
+    payment.refresh_from_db()
+    assert (payment.status, payment.reconcile_attempts, payment.lease_expires_at) == (Status.RECONCILING, 1, None)
+    assert payment.next_attempt_at is not None
+    assert payment.next_attempt_at > timezone.now()
+
+    # and once the key's retention deadline has passed, a crash dead-letters it for a person
+    Payment.objects.filter(pk=payment.pk).update(
+        scheduled_for=timezone.now() - timedelta(days=3), next_attempt_at=timezone.now()
+    )
+    PaymentEvent.objects.filter(payment=payment).delete()
+    claimed_for_reconciliation(payment)
+    with pytest.raises(RuntimeError):
+        reconcile_payments_task([str(payment.pk)])
+    payment.refresh_from_db()
+    assert (payment.status, payment.dead_letter_reason) == (Status.DEAD_LETTERED, "needs_operator")

@@ -16,7 +16,7 @@ from accounts.models import User
 from payments.crypto import idempotency_key_hmac
 from payments.models import IdempotencyRecord, Payment
 
-MIGRATION = importlib.import_module("payments.migrations.0006_idempotency_key_hmac")
+MIGRATION: Any = importlib.import_module("payments.migrations.0006_idempotency_key_hmac")
 BEFORE = [("payments", "0005_idempotency_single_transaction")]
 AFTER = [("payments", "0006_idempotency_key_hmac")]
 
