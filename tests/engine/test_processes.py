@@ -7,8 +7,10 @@ gateway's own ledger: the only witness of money moving.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -233,3 +235,61 @@ def test_a_declined_payment_ends_failed_with_the_gateways_reason(
     assert charge["status"] == "declined"
     assert payment.status == Status.FAILED
     assert (payment.failure_code, payment.failure_message) == (charge["failure_code"], charge["failure_message"])
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers: a gateway whose every request hangs."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=256)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted, _ = server.accept()
+            except OSError:
+                continue
+            held.append(accepted)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for accepted in held:
+        accepted.close()
+    server.close()
+
+
+def test_a_due_payment_executes_on_time_while_reconcile_tasks_hang(
+    engine: Engine, gateway: Gateway, make_payment: MakePayment, black_hole: str
+) -> None:
+    # given the Procfile's split: a worker for the sweep and due payments, a recovery process for
+    # reconciliations and retries, whose gateway lookups all hang (up to its lookup budget)
+    engine.start_worker(queues="sweep,execution,housekeeping")
+    engine.start_worker(queues="recovery", GATEWAY_URL=black_hole, GATEWAY_TIMEOUT_SECONDS="20")
+    engine.start_beat()
+    in_doubt = [make_payment(due_in=3600) for _ in range(30)]  # far ahead: the sweep leaves them alone
+    ids = [p.pk for p in in_doubt]
+    Payment.objects.filter(pk__in=ids).update(
+        status=Status.RECONCILING, attempts=1, scheduled_for=timezone.now(), next_attempt_at=timezone.now()
+    )
+    wait_for(
+        lambda: Payment.objects.filter(pk__in=ids, lease_expires_at__isnull=False).count() == len(ids),
+        timeout=15,
+        what="the reconciliations claimed and handed to the recovery process",
+    )
+
+    # when a payment falls due while they hang
+    payment = make_payment(due_in=3)
+    final = wait_terminal([payment.pk], timeout=20)[payment.pk]
+
+    # then it was charged on time, once
+    assert final.status == Status.SUCCEEDED, engine.logs()
+    [charge] = gateway.charges(payment.pk)
+    assert payment.scheduled_for <= charged_at(charge) <= payment.scheduled_for + timedelta(seconds=2)
+    # and the reconciliations were still hanging meanwhile: nothing settled, nothing re-sent
+    assert Payment.objects.filter(pk__in=ids, status=Status.RECONCILING).count() == len(ids)
+    assert all(gateway.charges(pk) == [] for pk in ids)
