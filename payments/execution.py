@@ -51,6 +51,7 @@ from .currencies import format_minor_units
 from .gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, OutcomeKind
 from .models import Payment, PaymentEvent
 from .retry_policy import (
+    PROCESSING,
     DeadLetterReason,
     Decision,
     Phase,
@@ -357,12 +358,19 @@ def decision_write(payment: Payment, decision: Decision) -> OutcomeWrite:
 def outcome_write(payment: Payment, outcome: ChargeOutcome, *, now: datetime | None = None) -> OutcomeWrite:
     """Translate one attempt's gateway outcome into the guarded write that records it (``retry_policy``)."""
     decision = decide(outcome, phase=Phase.SUBMIT, budget=retry_budget(payment), now=now or timezone.now())
+    if decision.to_status == Status.DEAD_LETTERED and outcome.needs_operator:
+        # Loudly: a configuration fault (e.g. Stripe requires_capture holds the payer's funds uncaptured).
+        logger.error("payment %s needs an operator: %s", payment.pk, outcome.detail)
     return decision_write(payment, decision)
 
 
 def _is_gateway_failure(outcome: ChargeOutcome) -> bool:
-    """What the circuit breaker counts: the gateway is unwell, not the payment or our request."""
-    return outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.UNKNOWN) and not outcome.needs_operator
+    """What the circuit breaker counts: the gateway is unwell, not the payment, our request, or a slow method."""
+    return (
+        outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.UNKNOWN)
+        and not outcome.needs_operator
+        and not outcome.in_progress
+    )
 
 
 def _defer_delay(admission: Admission) -> timedelta:
@@ -493,11 +501,16 @@ def _submit(
 # --- Reconciliation -----------------------------------------------------------------
 
 
-def record_write(payment: Payment, record: ChargeRecord) -> OutcomeWrite:
+def record_write(payment: Payment, record: ChargeRecord, *, now: datetime | None = None) -> OutcomeWrite:
     """A charge the gateway's ledger holds under the attempt's key is the attempt's outcome."""
     expected = charge_request(payment)
     decision = record_decision(
-        record, payment_id=expected.payment_id, amount=expected.amount, currency=expected.currency
+        record,
+        payment_id=expected.payment_id,
+        amount=expected.amount,
+        currency=expected.currency,
+        started_at=retry_budget(payment).started_at,
+        now=now or timezone.now(),
     )
     return decision_write(payment, decision)
 
@@ -641,7 +654,13 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
         record = lookup.record
         if record is not None:
             report.found += 1
-            writes.append(record_write(payment, record))
+            found = record_write(payment, record, now=now)
+            if found.to_status == Status.RECONCILING:
+                # Still processing at the gateway: poll on its own schedule, no rung climbed.
+                assert found.next_attempt_in is not None
+                later.append(Reschedule(payment.pk, payment.attempts, found.next_attempt_in, count_try=False))
+            else:
+                writes.append(found)
         elif now >= deadlines[payment.pk]:
             # The gateway may have forgotten the key: "no charge" proves nothing, and a re-send could charge.
             writes.append(decision_write(payment, inconclusive({"lookup": "absent"})))
@@ -667,7 +686,8 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
             )
             if decision.to_status == Status.RECONCILING:
                 assert decision.next_attempt_in is not None
-                later.append(Reschedule(payment.pk, payment.attempts, decision.next_attempt_in, count_try=True))
+                climbs = decision.reason != PROCESSING  # a charge still processing is no inconclusive try
+                later.append(Reschedule(payment.pk, payment.attempts, decision.next_attempt_in, count_try=climbs))
             else:
                 writes.append(decision_write(payment, decision))
     written = record_outcomes(writes, from_status=Status.RECONCILING, actor=RECONCILER_ACTOR)

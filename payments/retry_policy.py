@@ -22,7 +22,7 @@ import enum
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from django.conf import settings
@@ -225,8 +225,11 @@ def decide(
     rng: random.Random | None = None,
 ) -> Decision:
     """The table's row for this outcome, bounded by the retry budget (SUBMIT) or key retention (RESEND)."""
-    rule = OUTCOME_TABLE[(phase, outcome.kind, outcome.needs_operator)]
     data = _outcome_data(outcome)
+    if outcome.in_progress and outcome.kind is OutcomeKind.UNKNOWN and not outcome.needs_operator:
+        # Accepted and still processing: poll it on its own schedule, no ladder, no retention bound.
+        return processing_decision(started_at=budget.started_at, now=now, data=data)
+    rule = OUTCOME_TABLE[(phase, outcome.kind, outcome.needs_operator)]
     if rule.to_status == Status.SUCCEEDED:
         return Decision(rule.to_status, rule.reason, gateway_reference=outcome.reference, data=data)
     if rule.to_status == Status.FAILED:
@@ -323,7 +326,42 @@ def inconclusive(data: Mapping[str, Any] | None = None) -> Decision:
     )
 
 
-def record_decision(record: ChargeRecord, *, payment_id: str, amount: Any, currency: str) -> Decision:
+# The event reason of a charge the gateway accepted and is still processing (Stripe ``processing``).
+PROCESSING = "processing"
+
+
+def processing_decision(*, started_at: datetime, now: datetime, data: Mapping[str, Any] | None = None) -> Decision:
+    """A charge still processing at the gateway (SEPA, ACH: days): poll it every ``GATEWAY_PROCESSING_POLL_SECONDS``.
+
+    Not a failure and not a rung of the reconcile ladder: the charge exists, so there is nothing to
+    re-send and the key's retention does not matter. Past ``GATEWAY_PROCESSING_MAX_DAYS`` from the due
+    instant (or re-drive) a person looks (``needs_operator``).
+    """
+    if now >= started_at + timedelta(days=float(settings.GATEWAY_PROCESSING_MAX_DAYS)):
+        return Decision(
+            Status.DEAD_LETTERED,
+            "processing_too_long",
+            dead_letter_reason=DeadLetterReason.NEEDS_OPERATOR,
+            data={**(data or {}), "processing_max_days": settings.GATEWAY_PROCESSING_MAX_DAYS},
+        )
+    delay = timedelta(seconds=float(settings.GATEWAY_PROCESSING_POLL_SECONDS))
+    return Decision(
+        Status.RECONCILING,
+        PROCESSING,
+        next_attempt_in=delay,
+        data={**(data or {}), "next_try_in_seconds": delay.total_seconds()},
+    )
+
+
+def record_decision(
+    record: ChargeRecord,
+    *,
+    payment_id: str,
+    amount: Any,
+    currency: str,
+    started_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Decision:
     """A charge the gateway holds under the attempt's key is the attempt's outcome, if it is ours."""
     data = {"gateway_reference": record.reference, "found_by": "lookup"}
     if (
@@ -340,6 +378,9 @@ def record_decision(record: ChargeRecord, *, payment_id: str, amount: Any, curre
         )
     if record.status == "succeeded":
         return Decision(Status.SUCCEEDED, "charge_found", gateway_reference=record.reference, data=data)
+    if record.status == PROCESSING:
+        current = now or datetime.now(tz=UTC)
+        return processing_decision(started_at=started_at or current, now=current, data=data)
     # The ledger's raw decline code goes through the same user-safe mapping as a live answer.
     safe = decline_outcome(record.failure_code, reference=record.reference)
     return Decision(

@@ -228,6 +228,11 @@ RECONCILE_LADDER_SECONDS = [float(s) for s in env.list("RECONCILE_LADDER_SECONDS
 # RECONCILE_RETENTION_SAFETY of it, counted from the attempt's first submission.
 GATEWAY_IDEMPOTENCY_RETENTION_HOURS = env.float("GATEWAY_IDEMPOTENCY_RETENTION_HOURS", default=24.0)
 RECONCILE_RETENTION_SAFETY = env.float("RECONCILE_RETENTION_SAFETY", default=0.9)
+# A charge the gateway accepted and is still processing (Stripe "processing": SEPA, ACH debits) is
+# polled this often, without climbing the ladder or counting as a gateway failure, for up to this
+# many days from its due instant; then a person looks (needs_operator).
+GATEWAY_PROCESSING_POLL_SECONDS = env.float("GATEWAY_PROCESSING_POLL_SECONDS", default=3600.0)
+GATEWAY_PROCESSING_MAX_DAYS = env.float("GATEWAY_PROCESSING_MAX_DAYS", default=14.0)
 # Circuit breaker per gateway, shared by every worker (a row in PostgreSQL): opens when, within one
 # window, at least CIRCUIT_MIN_CALLS calls were made and CIRCUIT_FAILURE_RATIO of them were retryable or
 # unknown; stays open CIRCUIT_OPEN_SECONDS, then lets one probe batch of CIRCUIT_PROBE_SIZE through.

@@ -47,6 +47,9 @@ class ChargeOutcome:
     # A person must look (our request was refused as invalid, the gateway rejected our credentials, the
     # idempotency key names a different request): the engine should page an operator, not just retry.
     needs_operator: bool = False
+    # Accepted and still processing at the gateway (Stripe ``processing``: SEPA, ACH debits take days):
+    # the outcome is pending, not unknown because of trouble; never a failure for the circuit breaker.
+    in_progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class ChargeRecord:
     """A charge as the gateway's ledger knows it (for reconciliation)."""
 
     reference: str
-    status: str  # "succeeded" | "declined"
+    status: str  # "succeeded" | "declined" | "processing" (accepted, not settled yet)
     idempotency_key: str
     amount: Decimal
     currency: str

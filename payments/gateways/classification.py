@@ -52,6 +52,7 @@ class Rule:
     failure_code: str = ""
     needs_operator: bool = False
     why: str = ""  # goes into ChargeOutcome.detail: for operators, never for users
+    in_progress: bool = False  # accepted, still processing: pending, not a gateway failure
 
 
 # --- Declines: provider codes → (our code, a message safe to show the user) -------------------------
@@ -116,6 +117,7 @@ def _outcome(rule: Rule, detail: str, *, reference: str = "", retry_after: float
         retry_after_seconds=retry_after if rule.kind is RETRYABLE else None,
         detail=f"{detail}: {rule.why}" if rule.why else detail,
         needs_operator=rule.needs_operator,
+        in_progress=rule.in_progress,
     )
 
 
@@ -299,7 +301,7 @@ PAYMENT_INTENT_STATUS_RULES: Final[Mapping[str, Rule]] = {
     "requires_action": Rule(DECLINED, failure_code=AUTHENTICATION_REQUIRED),
     "requires_payment_method": Rule(DECLINED, failure_code=CARD_DECLINED),
     # Asynchronous methods settle later: nothing to conclude yet.
-    "processing": Rule(UNKNOWN, why="the payment is still processing at Stripe"),
+    "processing": Rule(UNKNOWN, in_progress=True, why="the payment is still processing at Stripe"),
     # We never ask for manual capture or unconfirmed intents: something is misconfigured.
     "requires_capture": Rule(UNKNOWN, needs_operator=True, why="authorised but not captured (manual capture?)"),
     "requires_confirmation": Rule(UNKNOWN, needs_operator=True, why="created but not confirmed"),

@@ -208,8 +208,8 @@ class StripeGateway:
         re-send is the reliable answer; after it, a re-send would be a new request, so a payment still
         in doubt after a day needs a person (Search will long since show any PaymentIntent by then).
 
-        A PaymentIntent that is not final yet (``processing``) raises ``GatewayLookupError``: ask again
-        later. So does any failure to ask.
+        A PaymentIntent still ``processing`` is returned as such (the engine polls it on its own schedule);
+        any other status that is not final, and any failure to ask, raise ``GatewayLookupError``.
         """
         connection = self._per_process.client.get()
         connection.http.begin_call()
@@ -279,6 +279,8 @@ _RECORD_STATUS: Final[Mapping[str, str]] = {
     "requires_payment_method": "declined",
     "requires_action": "declined",  # off-session: nobody can authenticate it (see classification)
     "canceled": "declined",
+    # Accepted, settling (SEPA, ACH: days): the engine polls it on its own schedule.
+    "processing": "processing",
 }
 
 

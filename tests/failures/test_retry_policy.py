@@ -245,3 +245,60 @@ def test_redrive_takes_a_new_key_only_after_a_proven_uncharged_attempt() -> None
     assert redrive_kind(DeadLetterReason.CHARGE_MISMATCH) == Redrive.REFUSE
     assert redrive_kind("") == Redrive.RECONCILE  # unknown: never a blind new key
     assert set(REDRIVE) == set(DeadLetterReason)
+
+
+
+# --- A charge still processing (Stripe: SEPA, ACH) -------------------------------------------------------
+
+PROCESSING_OUTCOME = ChargeOutcome(OutcomeKind.UNKNOWN, reference="pi_1", in_progress=True, detail="processing")
+
+
+def test_a_processing_charge_is_polled_on_its_own_schedule_without_the_ladder(settings: Any) -> None:
+    settings.GATEWAY_PROCESSING_POLL_SECONDS = 3600.0
+    settings.GATEWAY_PROCESSING_MAX_DAYS = 14.0
+    budget = RetryBudget(attempt=1, first_attempt=0, started_at=T0)
+    # even a day and a half in, past the key retention bound that stops reconciliation
+    now = T0 + timedelta(hours=36)
+    for phase in (Phase.SUBMIT, Phase.RESEND):
+        decision = decide(
+            PROCESSING_OUTCOME,
+            phase=phase,
+            budget=budget,
+            now=now,
+            reconcile_tries=7,
+            reconcile_deadline_at=T0 + timedelta(hours=21.6),
+        )
+        assert (decision.to_status, decision.reason) == (Status.RECONCILING, "processing")
+        assert decision.next_attempt_in == timedelta(hours=1)
+    record = ChargeRecord("pi_1", "processing", "k", Decimal("1.00"), "EUR")
+    found = record_decision(record, payment_id="", amount=Decimal("1.00"), currency="EUR", started_at=T0, now=now)
+    assert (found.to_status, found.reason) == (Status.RECONCILING, "processing")
+
+
+def test_a_charge_processing_longer_than_the_method_can_take_goes_to_a_person(settings: Any) -> None:
+    settings.GATEWAY_PROCESSING_MAX_DAYS = 14.0
+    budget = RetryBudget(attempt=1, first_attempt=0, started_at=T0)
+    decision = decide(PROCESSING_OUTCOME, phase=Phase.SUBMIT, budget=budget, now=T0 + timedelta(days=15))
+    assert (decision.to_status, decision.dead_letter_reason) == (Status.DEAD_LETTERED, "needs_operator")
+
+
+def test_a_processing_charge_is_no_gateway_failure_for_the_circuit() -> None:
+    from payments.execution import _is_gateway_failure
+
+    assert not _is_gateway_failure(PROCESSING_OUTCOME)
+    assert _is_gateway_failure(ChargeOutcome(OutcomeKind.UNKNOWN, detail="timeout"))
+
+
+def test_an_authorisation_without_capture_is_dead_lettered_at_once_and_loudly(caplog: Any) -> None:
+    from payments.execution import outcome_write
+    from payments.gateways.classification import classify_payment_intent
+    from payments.models import Payment
+
+    # given Stripe's requires_capture: the payer's funds are held, and we never capture
+    outcome = classify_payment_intent("pi_2", "requires_capture")
+    payment = Payment(attempts=1, scheduled_for=T0, redrive_attempt=0)
+
+    write = outcome_write(payment, outcome, now=T0 + timedelta(seconds=1))
+
+    assert (write.to_status, write.dead_letter_reason) == (Status.DEAD_LETTERED, "needs_operator")
+    assert any(r.levelname == "ERROR" and "needs an operator" in r.getMessage() for r in caplog.records)
