@@ -686,7 +686,7 @@ def payments_reconcile(payment_ids: Sequence[str | uuid.UUID]) -> ReconcileRepor
             )
             if decision.to_status == Status.RECONCILING:
                 assert decision.next_attempt_in is not None
-                climbs = decision.reason != PROCESSING  # a charge still processing is no inconclusive try
+                climbs = not (decision.data or {}).get(PROCESSING)  # a charge still processing is no failed try
                 later.append(Reschedule(payment.pk, payment.attempts, decision.next_attempt_in, count_try=climbs))
             else:
                 writes.append(decision_write(payment, decision))
@@ -733,9 +733,9 @@ def payments_reconcile_crashed(payment_ids: Sequence[str | uuid.UUID]) -> int:
                     payment.pk,
                     payment.attempts,
                     Status.DEAD_LETTERED,
-                    RECONCILE_CRASHED,
+                    DeadLetterReason.NEEDS_OPERATOR,
                     dead_letter_reason=DeadLetterReason.NEEDS_OPERATOR,
-                    data={"crashed_until": deadlines[payment.pk].isoformat()},
+                    data={RECONCILE_CRASHED: True, "deadline": deadlines[payment.pk].isoformat()},
                 )
             )
     written = record_outcomes(writes, from_status=Status.RECONCILING, actor=RECONCILER_ACTOR)

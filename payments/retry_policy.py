@@ -326,7 +326,8 @@ def inconclusive(data: Mapping[str, Any] | None = None) -> Decision:
     )
 
 
-# The event reason of a charge the gateway accepted and is still processing (Stripe ``processing``).
+# A charge the gateway accepted and is still processing (Stripe ``processing``): the ``data`` flag of its
+# decision (the event reason stays ``outcome_unknown``), and the ledger record's status.
 PROCESSING = "processing"
 
 
@@ -340,16 +341,16 @@ def processing_decision(*, started_at: datetime, now: datetime, data: Mapping[st
     if now >= started_at + timedelta(days=float(settings.GATEWAY_PROCESSING_MAX_DAYS)):
         return Decision(
             Status.DEAD_LETTERED,
-            "processing_too_long",
+            DeadLetterReason.NEEDS_OPERATOR,
             dead_letter_reason=DeadLetterReason.NEEDS_OPERATOR,
-            data={**(data or {}), "processing_max_days": settings.GATEWAY_PROCESSING_MAX_DAYS},
+            data={**(data or {}), PROCESSING: True, "processing_max_days": settings.GATEWAY_PROCESSING_MAX_DAYS},
         )
     delay = timedelta(seconds=float(settings.GATEWAY_PROCESSING_POLL_SECONDS))
     return Decision(
         Status.RECONCILING,
-        PROCESSING,
+        "outcome_unknown",
         next_attempt_in=delay,
-        data={**(data or {}), "next_try_in_seconds": delay.total_seconds()},
+        data={**(data or {}), PROCESSING: True, "next_try_in_seconds": delay.total_seconds()},
     )
 
 

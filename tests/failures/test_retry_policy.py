@@ -247,7 +247,6 @@ def test_redrive_takes_a_new_key_only_after_a_proven_uncharged_attempt() -> None
     assert set(REDRIVE) == set(DeadLetterReason)
 
 
-
 # --- A charge still processing (Stripe: SEPA, ACH) -------------------------------------------------------
 
 PROCESSING_OUTCOME = ChargeOutcome(OutcomeKind.UNKNOWN, reference="pi_1", in_progress=True, detail="processing")
@@ -268,11 +267,12 @@ def test_a_processing_charge_is_polled_on_its_own_schedule_without_the_ladder(se
             reconcile_tries=7,
             reconcile_deadline_at=T0 + timedelta(hours=21.6),
         )
-        assert (decision.to_status, decision.reason) == (Status.RECONCILING, "processing")
+        assert (decision.to_status, decision.reason) == (Status.RECONCILING, "outcome_unknown")
+        assert (decision.data or {})["processing"] is True  # no rung climbed for it
         assert decision.next_attempt_in == timedelta(hours=1)
     record = ChargeRecord("pi_1", "processing", "k", Decimal("1.00"), "EUR")
     found = record_decision(record, payment_id="", amount=Decimal("1.00"), currency="EUR", started_at=T0, now=now)
-    assert (found.to_status, found.reason) == (Status.RECONCILING, "processing")
+    assert (found.to_status, (found.data or {}).get("processing")) == (Status.RECONCILING, True)
 
 
 def test_a_charge_processing_longer_than_the_method_can_take_goes_to_a_person(settings: Any) -> None:
