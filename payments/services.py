@@ -99,19 +99,17 @@ def _lock_owner_for_create(owner_id: int) -> None:
     (the foreign-key check), token bookkeeping and admin edits of that user. Only
     requests of the same user wait for each other, for the few milliseconds of a create.
     Users whose ids are equal modulo 2**31 share a lock: harmless, only a little waiting.
-    SQLite (laptops) needs nothing: its write transactions are already serialised
-    (``transaction_mode IMMEDIATE``).
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CREATE_LOCK_NAMESPACE, owner_id % 2_147_483_648])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CREATE_LOCK_NAMESPACE, owner_id % 2_147_483_648])
 
 
 # Both of a user's limits in one round trip. The pending count reads at most
 # max_pending + 1 entries of payment_owner_pending_idx, whatever the user's history; the day's
 # sum reads that day's payments through payment_owner_listing_idx (owner, scheduled_for).
 def _in_list(name: str, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """``(%(name0)s, %(name1)s, ...)`` and its parameters: one SQL text for PostgreSQL and SQLite."""
+    """``(%(name0)s, %(name1)s, ...)`` and its parameters: constants the planner can match with
+    the partial indexes' predicates, passed as parameters, never interpolated."""
     params = {f"{name}{i}": str(value) for i, value in enumerate(values)}
     return "(" + ", ".join(f"%({key})s" for key in params) + ")", params
 
@@ -144,9 +142,8 @@ def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
                 "owner": owner_id,
                 "pending_cap": max_pending + 1,
                 "currency": data.currency,
-                # adapted: SQLite compares the stored text, which has no offset
-                "day_start": connection.ops.adapt_datetimefield_value(day_start),
-                "day_end": connection.ops.adapt_datetimefield_value(day_start + timedelta(days=1)),
+                "day_start": day_start,
+                "day_end": day_start + timedelta(days=1),
                 **_PENDING_PARAMS,
                 **_NOT_MOVING_PARAMS,
             },

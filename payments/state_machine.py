@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from .models import Payment, PaymentEvent
@@ -131,11 +130,8 @@ def record_creation(payment: Payment, *, actor: str) -> PaymentEvent:
 # The engine moves payments in batches for throughput, but every row is still
 # guarded on its own: a row moves only if *its* status (and, for outcomes, *its*
 # attempt number, the fencing token) is the expected one, under *its* row lock,
-# and gets *its* own event row in the same transaction. On PostgreSQL each batch
-# is one statement (``UPDATE … RETURNING`` with the events inserted by a
-# data-modifying CTE); elsewhere (the embedded SQLite default) each payment takes
-# the canonical path above, one short transaction at a time. ``_batch_backend()``
-# is the one place that branches on the database vendor.
+# and gets *its* own event row in the same transaction. Each batch is one statement
+# (``UPDATE … RETURNING`` with the events inserted by a data-modifying CTE).
 
 SWEEP_LOCK_KEY = 0x5041_594D_5357_4550  # "PAYMSWEP": the sweep's advisory-lock key (database-local)
 
@@ -209,234 +205,6 @@ def _outcome_changes(write: OutcomeWrite, now: datetime) -> dict[str, Any]:
 
 def _lease_expired(payment: Payment, now: datetime) -> bool:
     return payment.lease_expires_at is not None and payment.lease_expires_at <= now
-
-
-class _PortableBatch:
-    """Any database: one short transaction per payment through ``apply_transition``.
-
-    Used for the embedded SQLite default, where writers are serialised anyway
-    (``transaction_mode=IMMEDIATE``), so there is no ``SKIP LOCKED`` to miss.
-    """
-
-    def now(self) -> datetime:
-        return timezone.now()
-
-    @contextmanager
-    def sweep_leader_lock(self) -> Iterator[bool]:
-        # SQLite has one writer at a time; two sweeps interleave harmlessly (every claim is guarded).
-        yield True
-
-    def _move(
-        self,
-        ids: Iterable[uuid.UUID],
-        *,
-        to: str,
-        actor: str,
-        reason: str,
-        expected_from: Collection[str],
-        changes: Callable[[Payment, datetime], Mapping[str, Any]],
-        when: Callable[[Payment, datetime], bool] = lambda p, now: True,
-    ) -> list[Payment]:
-        moved = []
-        for payment_id in ids:
-            with transaction.atomic():
-                now = timezone.now()
-                try:
-                    payment = lock_payment(payment_id)
-                except Payment.DoesNotExist:
-                    continue
-                if payment.status not in expected_from or not when(payment, now):
-                    continue
-                apply_transition(
-                    payment,
-                    to=to,
-                    actor=actor,
-                    reason=reason,
-                    expected_from=expected_from,
-                    changes=changes(payment, now),
-                    now=now,
-                )
-                moved.append(payment)
-        return moved
-
-    def claim_due(self, *, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        ids = list(
-            Payment.objects.filter(status=Status.SCHEDULED, scheduled_for__lte=timezone.now() + lookahead)
-            .order_by("scheduled_for")
-            .values_list("pk", flat=True)[:limit]
-        )
-        moved = self._move(
-            ids,
-            to=Status.DISPATCHED,
-            actor=actor,
-            reason="due",
-            expected_from={Status.SCHEDULED},
-            changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
-        )
-        return [Claim(p.pk, p.scheduled_for) for p in moved]
-
-    @staticmethod
-    def _expired_leases(status: str, limit: int) -> list[uuid.UUID]:
-        """Ids of payments in ``status`` whose lease has run out, oldest first (re-checked under the lock)."""
-        return list(
-            Payment.objects.filter(status=status, lease_expires_at__lte=timezone.now())
-            .order_by("lease_expires_at")
-            .values_list("pk", flat=True)[:limit]
-        )
-
-    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        ids = self._expired_leases(Status.DISPATCHED, limit)
-        moved = self._move(
-            ids,
-            to=Status.DISPATCHED,
-            actor=actor,
-            reason="lease_expired",
-            expected_from={Status.DISPATCHED},
-            changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
-            when=_lease_expired,
-        )
-        return [Claim(p.pk, p.scheduled_for) for p in moved]
-
-    def expire_submissions(self, *, limit: int, actor: str) -> list[uuid.UUID]:
-        ids = self._expired_leases(Status.SUBMITTING, limit)
-        moved = self._move(
-            ids,
-            to=Status.RECONCILING,
-            actor=actor,
-            reason="lease_expired",
-            expected_from={Status.SUBMITTING},
-            changes=lambda p, now: {"lease_expires_at": None, "next_attempt_at": now},
-            when=_lease_expired,
-        )
-        return [p.pk for p in moved]
-
-    def claim_waiting(self, *, status: str, lease: timedelta, limit: int) -> list[Claim]:
-        now = timezone.now()
-        ids = list(
-            Payment.objects.filter(status=status, next_attempt_at__lte=now)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-            .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[:limit]
-        )
-        claims = []
-        for payment_id in ids:
-            with transaction.atomic():
-                now = timezone.now()
-                updated = (
-                    Payment.objects.filter(pk=payment_id, status=status, next_attempt_at__lte=now)
-                    .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-                    .update(lease_expires_at=now + lease, updated_at=now)
-                )
-                if updated:
-                    claims.append(Claim(payment_id, now))
-        return claims
-
-    def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
-        now = timezone.now()
-        return Payment.objects.filter(pk__in=ids, status=Status.DISPATCHED).update(lease_expires_at=now)
-
-    def begin_submissions(self, ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
-        submitting: list[Payment] = []
-        not_yet_due: list[tuple[uuid.UUID, float]] = []
-        for payment_id in sorted(ids):
-            with transaction.atomic():
-                now = timezone.now()
-                try:
-                    payment = lock_payment(payment_id)
-                except Payment.DoesNotExist:
-                    continue
-                if payment.status == Status.DISPATCHED:
-                    due_at = payment.scheduled_for
-                elif payment.status == Status.RETRY_SCHEDULED and payment.next_attempt_at is not None:
-                    due_at = payment.next_attempt_at
-                else:
-                    continue  # canceled, or already moved on by another delivery: nothing to do
-                if due_at > now:
-                    not_yet_due.append((payment.pk, (due_at - now).total_seconds()))
-                    continue
-                reason = "due" if payment.status == Status.DISPATCHED else "retry"
-                apply_transition(
-                    payment,
-                    to=Status.SUBMITTING,
-                    actor=actor,
-                    reason=reason,
-                    expected_from={Status.DISPATCHED, Status.RETRY_SCHEDULED},
-                    changes={
-                        "attempts": payment.attempts + 1,
-                        "lease_expires_at": now + lease,
-                        "next_attempt_at": None,
-                        "reconcile_attempts": 0,
-                    },
-                    now=now,
-                )
-                submitting.append(payment)
-        return SubmissionStart(submitting, not_yet_due)
-
-    def record_outcomes(self, writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
-        for write in writes:
-            _check_allowed(from_status, write.to_status)  # an illegal outcome is a bug: raise, as on PostgreSQL
-        applied = []
-        for write in sorted(writes, key=lambda w: w.payment_id):
-            with transaction.atomic():
-                now = timezone.now()
-                try:
-                    payment = lock_payment(write.payment_id)
-                    apply_transition(
-                        payment,
-                        to=write.to_status,
-                        actor=actor,
-                        reason=write.reason,
-                        expected_from={from_status},
-                        expected_attempt=write.attempt,
-                        changes=_outcome_changes(write, now),
-                        data=write.data,
-                        now=now,
-                    )
-                except (Payment.DoesNotExist, TransitionRejected):
-                    continue
-                applied.append(write.payment_id)
-        return applied
-
-    def postpone(self, items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
-        now = timezone.now()
-        count = 0
-        for payment_id, attempt in items:
-            count += Payment.objects.filter(pk=payment_id, status=status, attempts=attempt).update(
-                lease_expires_at=None, next_attempt_at=now + delay, updated_at=now
-            )
-        return count
-
-    def reschedule(self, items: Sequence[Reschedule], *, status: str) -> int:
-        now = timezone.now()
-        count = 0
-        for item in items:
-            updates: dict[str, Any] = {
-                "lease_expires_at": None,
-                "next_attempt_at": now + item.delay,
-                "updated_at": now,
-            }
-            if item.count_try:
-                updates["reconcile_attempts"] = F("reconcile_attempts") + 1
-            count += Payment.objects.filter(pk=item.payment_id, status=status, attempts=item.attempt).update(**updates)
-        return count
-
-    def defer(self, ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
-        moved = self._move(
-            sorted(ids),
-            to=Status.DISPATCHED,
-            actor=actor,
-            reason=reason,
-            expected_from={Status.DISPATCHED},
-            changes=lambda p, now: {"lease_expires_at": now + delay},
-        )
-        now = timezone.now()
-        waiting = list(
-            Payment.objects.filter(pk__in=list(ids), status=Status.RETRY_SCHEDULED).values_list("pk", flat=True)
-        )
-        Payment.objects.filter(pk__in=waiting, status=Status.RETRY_SCHEDULED).update(
-            lease_expires_at=None, next_attempt_at=now + delay, updated_at=now
-        )
-        return [p.pk for p in moved] + waiting
 
 
 # The SQL below names the tables literally (tests check them against the models' db_table).
@@ -827,12 +595,8 @@ class _PostgresBatch:
         return [row[0] for row in rows]
 
 
-_Backend = _PortableBatch | _PostgresBatch
-
-
-def _batch_backend() -> _Backend:
-    """The one place that branches on the database vendor."""
-    return _PostgresBatch() if connection.vendor == "postgresql" else _PortableBatch()
+def _batch_backend() -> _PostgresBatch:
+    return _PostgresBatch()
 
 
 def database_now() -> datetime:

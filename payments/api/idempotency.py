@@ -23,9 +23,7 @@ Why one transaction: the protected work is database-only (no gateway is ever
 called while a request is handled), so there is no outcome outside the database
 to remember before it is known. A request that dies leaves nothing behind (no
 stale claim to expire or take over), and a create costs a third of the round
-trips a separately committed claim needed. On SQLite (the embedded default)
-write transactions are serialised (``BEGIN IMMEDIATE``): a parallel duplicate
-waits for the first and then replays it.
+trips a separately committed claim needed.
 
 All times come from the database clock (``selectors.database_now``), one reading
 per request, shared with the work, so web processes with skewed clocks agree.
@@ -188,8 +186,6 @@ def idempotency_lock_id(user_id: int, key: str) -> tuple[int, int]:
 
 def _try_lock_key(user_id: int, key: str) -> bool:
     """Lock the key until the transaction ends, without waiting; False when another request holds it."""
-    if connection.vendor != "postgresql":
-        return True  # SQLite: this transaction already holds the database's only write lock
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", idempotency_lock_id(user_id, key))
         row = cursor.fetchone()

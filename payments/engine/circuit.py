@@ -1,9 +1,8 @@
 """A circuit breaker per gateway, shared by every worker process: one row in the database.
 
-Why the database: every worker and the sweep already talk to it, it works on the embedded
-default (SQLite) as on PostgreSQL, and the breaker is consulted once per *batch* (one
-primary-key read before, one short locked update after), not per call. Its clock is the
-database's (``Now()``), so workers' clocks do not matter.
+Why the database: every worker and the sweep already talk to it, and the breaker is
+consulted once per *batch* (one primary-key read before, one short locked update after),
+not per call. Its clock is the database's (``Now()``), so workers' clocks do not matter.
 
 - **closed**: calls go through. Each batch adds its calls and failures (``RETRYABLE`` and
   ``UNKNOWN`` outcomes, failed lookups: the gateway is unwell) to a fixed window of

@@ -1,8 +1,4 @@
-"""The state machine's batch transitions: each row guarded on its own, one event per move.
-
-Every test taking ``backend`` runs twice: with the PostgreSQL statements (one per batch) and with
-the portable per-payment path that the embedded SQLite default uses.
-"""
+"""The state machine's batch transitions: each row guarded on its own, one event per move."""
 
 from __future__ import annotations
 
@@ -38,14 +34,6 @@ LOOKAHEAD = timedelta(seconds=30)
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["postgresql", "portable"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "portable":
-        monkeypatch.setattr(state_machine, "_batch_backend", state_machine._PortableBatch)
-    param: str = request.param
-    return param
-
-
 def set_fields(payment: Payment, **fields: Any) -> Payment:
     Payment.objects.filter(pk=payment.pk).update(**fields)
     payment.refresh_from_db()
@@ -64,7 +52,7 @@ def test_the_raw_sql_names_the_models_tables() -> None:
     assert PaymentEvent._meta.db_table == "payments_paymentevent"
 
 
-def test_it_claims_payments_due_within_the_lookahead_in_due_order(backend: str, make_payment: MakePayment) -> None:
+def test_it_claims_payments_due_within_the_lookahead_in_due_order(make_payment: MakePayment) -> None:
     # given three payments due soon (out of order) and one far away
     later = make_payment(due_in=20)
     sooner = make_payment(due_in=5)
@@ -88,7 +76,7 @@ def test_it_claims_payments_due_within_the_lookahead_in_due_order(backend: str, 
     assert claim_due_payments(lookahead=LOOKAHEAD, lease=LEASE, limit=10, actor="system:sweep") == []
 
 
-def test_it_claims_at_most_the_batch_size(backend: str, make_payment: MakePayment) -> None:
+def test_it_claims_at_most_the_batch_size(make_payment: MakePayment) -> None:
     for _ in range(5):
         make_payment(due_in=1)
     assert len(claim_due_payments(lookahead=LOOKAHEAD, lease=LEASE, limit=3, actor="t")) == 3
@@ -110,9 +98,7 @@ def test_it_skips_rows_another_transaction_holds(make_payment: MakePayment) -> N
     assert [c.payment_id for c in claims] == [free.pk]
 
 
-def test_begin_moves_due_dispatched_payments_to_submitting_with_a_new_attempt(
-    backend: str, make_payment: MakePayment
-) -> None:
+def test_begin_moves_due_dispatched_payments_to_submitting_with_a_new_attempt(make_payment: MakePayment) -> None:
     due = make_payment(due_in=-1)
     canceled = make_payment(due_in=-1)
     early = make_payment(due_in=30)
@@ -143,7 +129,7 @@ def test_begin_moves_due_dispatched_payments_to_submitting_with_a_new_attempt(
     assert due.attempts == 1
 
 
-def test_begin_takes_a_due_retry_as_the_next_attempt(backend: str, make_payment: MakePayment) -> None:
+def test_begin_takes_a_due_retry_as_the_next_attempt(make_payment: MakePayment) -> None:
     payment = set_fields(
         make_payment(due_in=-60), status=Status.RETRY_SCHEDULED, attempts=1, next_attempt_at=timezone.now()
     )
@@ -152,7 +138,7 @@ def test_begin_takes_a_due_retry_as_the_next_attempt(backend: str, make_payment:
     assert events(payment)[-1] == ("retry_scheduled", "submitting", "retry", 2)
 
 
-def test_outcomes_are_fenced_by_status_and_attempt(backend: str, make_payment: MakePayment) -> None:
+def test_outcomes_are_fenced_by_status_and_attempt(make_payment: MakePayment) -> None:
     # given two payments submitting at attempt 2
     fresh = set_fields(make_payment(due_in=-1), status=Status.SUBMITTING, attempts=2)
     moved_on = set_fields(make_payment(due_in=-1), status=Status.RECONCILING, attempts=2)
@@ -185,7 +171,7 @@ def test_outcomes_are_fenced_by_status_and_attempt(backend: str, make_payment: M
     assert moved_on.status == Status.RECONCILING
 
 
-def test_a_retryable_outcome_schedules_the_next_attempt(backend: str, make_payment: MakePayment) -> None:
+def test_a_retryable_outcome_schedules_the_next_attempt(make_payment: MakePayment) -> None:
     payment = set_fields(make_payment(due_in=-1), status=Status.SUBMITTING, attempts=1)
     record_outcomes(
         [OutcomeWrite(payment.pk, 1, Status.RETRY_SCHEDULED, "retryable", next_attempt_in=timedelta(seconds=10))],
@@ -198,7 +184,7 @@ def test_a_retryable_outcome_schedules_the_next_attempt(backend: str, make_payme
     assert timedelta(seconds=5) < payment.next_attempt_at - timezone.now() <= timedelta(seconds=10)
 
 
-def test_an_illegal_transition_is_refused_before_any_write(backend: str, make_payment: MakePayment) -> None:
+def test_an_illegal_transition_is_refused_before_any_write(make_payment: MakePayment) -> None:
     payment = set_fields(make_payment(due_in=-1), status=Status.SUCCEEDED, attempts=1)
     with pytest.raises(ValueError, match="not an allowed transition"):
         state_machine._PostgresBatch().record_outcomes(
@@ -208,9 +194,7 @@ def test_an_illegal_transition_is_refused_before_any_write(backend: str, make_pa
     assert payment.status == Status.SUCCEEDED
 
 
-def test_an_expired_submission_goes_to_reconciliation_never_back_to_dispatch(
-    backend: str, make_payment: MakePayment
-) -> None:
+def test_an_expired_submission_goes_to_reconciliation_never_back_to_dispatch(make_payment: MakePayment) -> None:
     past = timezone.now() - timedelta(seconds=1)
     expired = set_fields(make_payment(due_in=-60), status=Status.SUBMITTING, attempts=1, lease_expires_at=past)
     live = set_fields(
@@ -230,7 +214,7 @@ def test_an_expired_submission_goes_to_reconciliation_never_back_to_dispatch(
     assert live.status == Status.SUBMITTING
 
 
-def test_an_expired_dispatch_is_dispatched_again(backend: str, make_payment: MakePayment) -> None:
+def test_an_expired_dispatch_is_dispatched_again(make_payment: MakePayment) -> None:
     payment = make_payment(due_in=1)
     claim_due_payments(lookahead=LOOKAHEAD, lease=LEASE, limit=10, actor="t")
     assert redispatch_expired_payments(lease=LEASE, limit=10, actor="t") == []
@@ -247,7 +231,7 @@ def test_an_expired_dispatch_is_dispatched_again(backend: str, make_payment: Mak
     assert events(payment)[-1] == ("dispatched", "dispatched", "lease_expired", 0)
 
 
-def test_waiting_payments_are_leased_once(backend: str, make_payment: MakePayment) -> None:
+def test_waiting_payments_are_leased_once(make_payment: MakePayment) -> None:
     now = timezone.now()
     due = set_fields(make_payment(due_in=-60), status=Status.RECONCILING, attempts=1, next_attempt_at=now)
     set_fields(
