@@ -707,8 +707,7 @@ def explain_claim(b: Bench) -> list[str]:
 
     from payments import state_machine
 
-    backend = getattr(state_machine, "_PostgresBatch", None)
-    sql = getattr(backend, "CLAIM_DUE_SQL", None)
+    sql = getattr(state_machine, "QUERIES", {}).get("claim_due")
     params: dict[str, Any] = {
         "lookahead": settings.SWEEP_LOOKAHEAD,
         "limit": settings.SWEEP_BATCH_SIZE,

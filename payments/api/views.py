@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from common import actors
 from common.error_codes import ErrorCode, ProblemError
 from config.problems import PROBLEM_CONTENT_TYPE
 from payments import selectors, services
@@ -180,7 +181,7 @@ def _owner(request: Request) -> User:
 
 
 def _actor(user: User) -> str:
-    return f"user:{user.pk}"
+    return actors.user(user.pk)
 
 
 class PaymentCollectionView(APIView):
@@ -245,7 +246,7 @@ class PaymentCollectionView(APIView):
 
         def work(now: datetime) -> WorkResult:
             draft = validate_payment_create(body, now=now)
-            payment = services.payment_create(owner=owner, data=draft, actor=_actor(owner))
+            payment = services.payment_create(owner=owner, data=draft, actor=_actor(owner), now=now)
             location = request.build_absolute_uri(reverse("payment-detail", args=[payment.pk]))
             return WorkResult(201, payment_representation(payment), {"Location": location}, payment)
 

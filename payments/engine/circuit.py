@@ -34,11 +34,12 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from audit.services import audit_record
+from common import actors
 from payments.models import GatewayCircuit
 
 logger = logging.getLogger(__name__)
 
-CIRCUIT_ACTOR = "system:circuit"
+CIRCUIT_ACTOR = actors.system("circuit")
 # While a probe is in flight, others look again this soon (the sweep holds new work back meanwhile).
 HALF_OPEN_RECHECK = timedelta(seconds=1)
 State = GatewayCircuit.State

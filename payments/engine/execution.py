@@ -36,6 +36,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from common import actors
 from payments.currencies import format_minor_units
 from payments.gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, OutcomeKind
 from payments.models import Payment, PaymentEvent
@@ -55,7 +56,7 @@ from payments.state_machine import (
     reschedule_waiting,
     sweep_leader_lock,
 )
-from payments.statuses import Status
+from payments.statuses import EventReason, Status
 
 from .circuit import (
     Admission,
@@ -81,11 +82,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SWEEP_ACTOR = "system:sweep"
-WORKER_ACTOR = "system:worker"
-RECONCILER_ACTOR = "system:reconciler"
+SWEEP_ACTOR = actors.system("sweep")
+WORKER_ACTOR = actors.system("worker")
+RECONCILER_ACTOR = actors.system("reconciler")
 # The event reason of a payment held back (still dispatched) while the gateway's circuit is open.
-DEFERRED = "gateway_unavailable"
+DEFERRED = EventReason.GATEWAY_UNAVAILABLE
 
 # How many claim batches one sweep run may take: bounds a tick's work after a backlog.
 SWEEP_MAX_BATCHES = 20

@@ -19,6 +19,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from common import actors
 from payments.engine.circuit import circuit_reset
 from payments.engine.retry_policy import redrive_kind
 from payments.models import DeadLetter, DeadLetteredPayment, GatewayCircuit, Payment, PaymentEvent
@@ -29,7 +30,7 @@ OPERATE_PERMISSION = "payments.operate_deadletteredpayment"
 
 
 def _actor(request: HttpRequest) -> str:
-    return f"staff:{request.user.pk}"
+    return actors.staff(request.user.pk)
 
 
 class OperatorActionForm(forms.Form):

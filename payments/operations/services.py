@@ -24,15 +24,14 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import audit_record
 from payments.engine.retry_policy import Redrive, reconcile_deadline, redrive_kind
 from payments.gateways.classification import GATEWAY_REJECTED, GATEWAY_REJECTED_MESSAGE
 from payments.models import Payment, PaymentEvent
-from payments.state_machine import apply_transition, lock_payment
-from payments.statuses import Status
+from payments.state_machine import apply_transition, database_now, lock_payment
+from payments.statuses import EventReason, Status
 
 # What the payer sees for a payment an operator resolved as failed (unless a safe code is already set).
 RESOLVED_FAILURE_CODE = "processing_failed"
@@ -82,7 +81,7 @@ def dead_letter_redrive(*, payment_id: uuid.UUID | str, actor: str, reason: str)
     with transaction.atomic():
         payment = _locked_dead_letter(payment_id)
         route = redrive_kind(payment.dead_letter_reason)
-        now = timezone.now()
+        now = database_now()
         data: dict[str, Any] = {"route": str(route), "dead_letter_reason": payment.dead_letter_reason}
         if route == Redrive.REFUSE:
             raise OperationRefused(
@@ -117,7 +116,7 @@ def dead_letter_redrive(*, payment_id: uuid.UUID | str, actor: str, reason: str)
             payment,
             to=to,
             actor=actor,
-            reason="operator_redrive",
+            reason=EventReason.OPERATOR_REDRIVE,
             expected_from={Status.DEAD_LETTERED},
             changes=changes,
             data=data,
@@ -150,7 +149,7 @@ def dead_letter_resolve(
         raise OperationRefused("invalid_reference", "A gateway reference is at most 100 characters.")
     with transaction.atomic():
         payment = _locked_dead_letter(payment_id)
-        now = timezone.now()
+        now = database_now()
         changes: dict[str, Any] = {"lease_expires_at": None, "next_attempt_at": None}
         if reference:
             changes["gateway_reference"] = reference
@@ -169,7 +168,7 @@ def dead_letter_resolve(
             payment,
             to=to,
             actor=actor,
-            reason="operator_resolved",
+            reason=EventReason.OPERATOR_RESOLVED,
             expected_from={Status.DEAD_LETTERED},
             changes=changes,
             data=data,

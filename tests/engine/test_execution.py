@@ -30,7 +30,7 @@ from payments.engine.execution import (
     periodic_tasks_ensure,
 )
 from payments.models import Payment, PaymentEvent
-from payments.state_machine import SWEEP_LOCK_KEY, Claim, _PostgresBatch, claim_due_payments
+from payments.state_machine import QUERIES, SWEEP_LOCK_KEY, Claim, claim_due_payments
 from payments.statuses import Status
 
 from .conftest import Gateway, MakePayment
@@ -276,7 +276,7 @@ def test_the_sweep_query_uses_the_partial_index_and_ignores_the_backlog(payer: A
                     "lease": timedelta(seconds=120),
                     "actor": "x",
                 }
-                cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _PostgresBatch.CLAIM_DUE_SQL, params)
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["claim_due"], params)
                 document = cursor.fetchone()[0]
             transaction.savepoint_rollback(sid)
         data = json.loads(document) if isinstance(document, str) else document

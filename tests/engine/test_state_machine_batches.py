@@ -174,7 +174,11 @@ def test_outcomes_are_fenced_by_status_and_attempt(make_payment: MakePayment) ->
 def test_a_retryable_outcome_schedules_the_next_attempt(make_payment: MakePayment) -> None:
     payment = set_fields(make_payment(due_in=-1), status=Status.SUBMITTING, attempts=1)
     record_outcomes(
-        [OutcomeWrite(payment.pk, 1, Status.RETRY_SCHEDULED, "retryable", next_attempt_in=timedelta(seconds=10))],
+        [
+            OutcomeWrite(
+                payment.pk, 1, Status.RETRY_SCHEDULED, "retryable_failure", next_attempt_in=timedelta(seconds=10)
+            )
+        ],
         from_status=Status.SUBMITTING,
         actor="w",
     )
@@ -187,9 +191,7 @@ def test_a_retryable_outcome_schedules_the_next_attempt(make_payment: MakePaymen
 def test_an_illegal_transition_is_refused_before_any_write(make_payment: MakePayment) -> None:
     payment = set_fields(make_payment(due_in=-1), status=Status.SUCCEEDED, attempts=1)
     with pytest.raises(ValueError, match="not an allowed transition"):
-        state_machine._PostgresBatch().record_outcomes(
-            [OutcomeWrite(payment.pk, 1, Status.FAILED, "x")], from_status=Status.SUCCEEDED, actor="w"
-        )
+        record_outcomes([OutcomeWrite(payment.pk, 1, Status.FAILED, "x")], from_status=Status.SUCCEEDED, actor="w")
     payment.refresh_from_db()
     assert payment.status == Status.SUCCEEDED
 
@@ -319,13 +321,13 @@ def test_batch_statements_probe_the_primary_key_even_with_stale_statistics(make_
     assert {PKEY, "payment_owner_pending_idx", "payment_lease_rescue_idx"} <= indexes
 
     n = len(ids)
-    batch = state_machine._PostgresBatch
+    sql = state_machine.QUERIES
     by_id: dict[str, tuple[str, dict[str, Any]]] = {
-        "release_dispatch_leases": (batch.RELEASE_LEASES_SQL, {"ids": ids}),
-        "begin_submissions": (batch.BEGIN_SQL, {"ids": ids, "lease": LEASE, "actor": "w"}),
-        "begin_submissions (not yet due)": (batch.NOT_YET_DUE_SQL, {"ids": ids}),
+        "release_dispatch_leases": (sql["release_dispatch_leases"], {"ids": ids}),
+        "begin_submissions": (sql["begin_submissions"], {"ids": ids, "lease": LEASE, "actor": "w"}),
+        "begin_submissions (not yet due)": (sql["not_yet_due"], {"ids": ids}),
         "record_outcomes": (
-            batch.OUTCOMES_SQL,
+            sql["record_outcomes"],
             {
                 "ids": ids,
                 "attempts": [0] * n,
@@ -341,38 +343,34 @@ def test_batch_statements_probe_the_primary_key_even_with_stale_statistics(make_
                 "actor": "w",
             },
         ),
-        "postpone": (
-            batch.POSTPONE_SQL,
-            {"ids": ids, "attempts": [0] * n, "status": Status.DISPATCHED, "delay": 5.0},
-        ),
         "reschedule": (
-            batch.RESCHEDULE_SQL,
+            sql["reschedule_waiting"],
             {"ids": ids, "attempts": [0] * n, "delays": [5.0] * n, "tried": [0] * n, "status": Status.DISPATCHED},
         ),
-        "defer": (batch.DEFER_SQL, {"ids": ids, "delay": LEASE, "actor": "w", "reason": "circuit_open"}),
+        "defer": (sql["defer"], {"ids": ids, "delay": LEASE, "actor": "w", "reason": "circuit_open"}),
     }
     # The sweep's statements search by status (a partial index, on purpose), then update what they locked.
     sweeps: dict[str, tuple[str, dict[str, Any]]] = {
-        "claim_due": (batch.CLAIM_DUE_SQL, {"lookahead": LOOKAHEAD, "limit": 500, "lease": LEASE, "actor": "s"}),
-        "redispatch_expired": (batch.REDISPATCH_SQL, {"limit": 500, "lease": LEASE, "actor": "s"}),
-        "expire_submissions": (batch.EXPIRE_SUBMISSIONS_SQL, {"limit": 500, "actor": "s"}),
-        "claim_waiting": (batch.CLAIM_WAITING_SQL, {"status": Status.RETRY_SCHEDULED, "lease": LEASE, "limit": 500}),
+        "claim_due": (sql["claim_due"], {"lookahead": LOOKAHEAD, "limit": 500, "lease": LEASE, "actor": "s"}),
+        "redispatch_expired": (sql["redispatch_expired"], {"limit": 500, "lease": LEASE, "actor": "s"}),
+        "expire_submissions": (sql["expire_submissions"], {"limit": 500, "actor": "s"}),
+        "claim_waiting": (sql["claim_waiting"], {"status": Status.RETRY_SCHEDULED, "lease": LEASE, "limit": 500}),
     }
 
-    def scans(sql: str, params: dict[str, Any]) -> list[tuple[str, bool]]:
+    def scans(statement: str, params: dict[str, Any]) -> list[tuple[str, bool]]:
         with connection.cursor() as cursor:
-            cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement, params)
             document = cursor.fetchone()[0]
         data = json.loads(document) if isinstance(document, str) else document
         return payment_indexes_used(data[0]["Plan"], indexes)
 
     wrong = {}
-    for name, (sql, params) in by_id.items():
-        found = scans(sql, params)
+    for name, (statement, params) in by_id.items():
+        found = scans(statement, params)
         if not found or {index for index, _ in found} != {PKEY}:
             wrong[name] = found
-    for name, (sql, params) in sweeps.items():
-        found = scans(sql, params)
+    for name, (statement, params) in sweeps.items():
+        found = scans(statement, params)
         if "Seq Scan" in {index for index, _ in found} or {i for i, upd in found if upd} != {PKEY}:
             wrong[name] = found
 
