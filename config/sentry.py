@@ -33,7 +33,7 @@ from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
-from payments.card_data import contains_card_number, mask_card_numbers
+from common.card_data import contains_card_number, mask_card_numbers
 
 from .logging import scrub_text
 

@@ -7,4 +7,7 @@ class PaymentsConfig(AppConfig):
 
     def ready(self) -> None:
         # The operations admin (dead letters, circuit) lives apart from payments/admin.py.
-        from . import admin_operations  # noqa: F401
+        # The Celery tasks live with the engine, where Celery's autodiscovery (``<app>.tasks``)
+        # does not look: registered here, in every process that sets Django up.
+        from .engine import tasks  # noqa: F401
+        from .operations import admin  # noqa: F401

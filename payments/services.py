@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from accounts.models import User
 from audit.services import audit_record
+from common.crypto import payee_account_hmac
+from common.error_codes import ErrorCode, FieldError, ProblemError
 
-from .crypto import payee_account_hmac
 from .currencies import format_minor_units, to_minor_units
-from .error_codes import ErrorCode, FieldError, ProblemError
 from .models import IdempotencyRecord, Payment
 from .state_machine import apply_transition, database_now, lock_payment, record_creation
 from .statuses import CANCELABLE_STATUSES, INTERNAL_STATUSES, PublicStatus, Status

@@ -1,4 +1,4 @@
-"""Specification of payments.card_data: card numbers are found, refused and never logged.
+"""Specification of common.card_data: card numbers are found, refused and never logged.
 
 A deliberately naive reference implementation of the documented rule (below) is
 the oracle for the property tests; the module's fast version must agree with it.
@@ -18,7 +18,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from payments.card_data import (
+from common.card_data import (
     CardNumberMaskingFilter,
     contains_card_number,
     find_card_data,

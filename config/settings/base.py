@@ -212,7 +212,7 @@ GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8700")
 GATEWAY_TIMEOUT_SECONDS = env.float("GATEWAY_TIMEOUT_SECONDS", default=10.0)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 
-# Failure handling (payments/retry_policy.py, payments/circuit.py; docs/operations.md has the ladders).
+# Failure handling (payments/engine/retry_policy.py, payments/engine/circuit.py; docs/operations.md has the ladders).
 # Retries of an attempt proven not charged: full jitter, delay = uniform(0, min(cap, base * 2**n)) for the
 # n-th retry (n = 0 first), never earlier than a 429/503 Retry-After. A payment dead-letters after
 # RETRY_MAX_ATTEMPTS attempts or when its next try would start more than RETRY_MAX_AGE_SECONDS after its
@@ -311,7 +311,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "mask_card_numbers": {"()": "payments.card_data.CardNumberMaskingFilter"},
+        "mask_card_numbers": {"()": "common.card_data.CardNumberMaskingFilter"},
         "scrub_secrets": {"()": "config.logging.SecretScrubbingFilter"},
         "once_a_minute": {"()": "config.logging.OncePerInterval", "seconds": 60},
     },
@@ -327,7 +327,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # The tick runs every second: Celery's own per-task lines would drown everything else.
-        # Our services log what they did (payments.execution) when they did something.
+        # Our services log what they did (payments.engine.execution) when they did something.
         "celery.app.trace": {"level": env.str("CELERY_TRACE_LOG_LEVEL", default="WARNING")},
         "celery.worker.strategy": {"level": "WARNING"},
         # INFO shows each "Sending due task" (tests/engine's fixtures set it to see a beat start).
@@ -348,13 +348,13 @@ LOGGING = {
 # Security Top 10 (2023) item it serves, and describes key and SECRET_KEY rotation.
 from csp.constants import NONE, SELF  # noqa: E402
 
-from payments.crypto import development_hmac_key, development_key  # noqa: E402
+from common.crypto import development_hmac_key, development_key  # noqa: E402
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key-fallbacks
 # Rotating SECRET_KEY: the old key goes here (comma-separated) until old sessions expire.
 SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 
-# Personal data at rest (payments/crypto.py): Fernet keys, comma-separated, newest first.
+# Personal data at rest (common/crypto.py): Fernet keys, comma-separated, newest first.
 # Unset, a key derived from SECRET_KEY is used (laptops and tests only: production.py
 # requires the variable, and `check --deploy` warns if the derived key is configured).
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [development_key(SECRET_KEY)]

@@ -16,7 +16,7 @@ Rows written with ``""`` by the previous release during a rolling deploy are fil
 by ``manage.py rehash_payee_accounts --missing-only``.
 
 Self-contained on purpose (a migration must not change when app code does): the
-normalisation and HMAC below are those of ``payments.crypto.payee_account_hmac``,
+normalisation and HMAC below are those of ``common.crypto.payee_account_hmac``,
 and a test keeps them equal.
 """
 

@@ -18,8 +18,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from config.celery import DEAD_LETTER_EXCHANGE, build_task_queues, dead_letter_queue
 from config.celery import app as celery_app
-from payments import execution
-from payments.execution import (
+from payments.engine import execution
+from payments.engine.execution import (
     ExecutionReport,
     TransactionOpenError,
     group_claims,
@@ -395,7 +395,7 @@ def test_the_embedded_transport_gets_plain_queues() -> None:
 
 @pytest.mark.django_db
 def test_tasks_are_routed_by_name_and_acknowledged_late() -> None:
-    import payments.tasks  # noqa: F401 - registers the tasks, as the worker's autodiscovery does
+    import payments.engine.tasks  # noqa: F401 - registers the tasks, as the worker's autodiscovery does
 
     router = celery_app.amqp.router
     for name, queue in [
@@ -415,7 +415,8 @@ def test_tasks_are_routed_by_name_and_acknowledged_late() -> None:
 
 @pytest.mark.django_db
 def test_the_idempotency_purge_task_calls_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    from payments import services, tasks
+    from payments import services
+    from payments.engine import tasks
 
     monkeypatch.setattr(services, "idempotency_purge_expired", lambda: 3)
     assert tasks.idempotency_purge_task.run() == 3

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from payments.gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
-from payments.retry_policy import (
+from payments.engine.retry_policy import (
     OUTCOME_TABLE,
     REDRIVE,
     DeadLetterReason,
@@ -28,6 +27,7 @@ from payments.retry_policy import (
     redrive_kind,
     retry_delay_seconds,
 )
+from payments.gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
 from payments.statuses import Status
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)

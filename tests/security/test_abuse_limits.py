@@ -18,8 +18,8 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts.models import User
+from common.error_codes import ErrorCode, ProblemError
 from payments import services, state_machine
-from payments.error_codes import ErrorCode, ProblemError
 from payments.models import Payment
 from payments.services import PaymentDraft, payment_create
 from payments.statuses import Status

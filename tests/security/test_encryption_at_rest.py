@@ -17,7 +17,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from payments import crypto
+from common import crypto
 from payments.fields import SensitiveJSONField, SensitiveTextField
 from payments.models import IdempotencyRecord, Payment
 

@@ -17,7 +17,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from accounts.models import User
-from payments import crypto
+from common import crypto
 from payments.models import IdempotencyRecord, Payment
 
 from .conftest import IBAN, METADATA, PAYEE_NAME, PAYMENT_METHOD, PLAINTEXT_FRAGMENTS

@@ -1,6 +1,6 @@
 """``manage.py dead_letters list|show|retry|resolve``: operators' handling of dead-lettered payments.
 
-docs/operations.md is the runbook. Every action is a service in ``payments/operations.py``:
+docs/operations.md is the runbook. Every action is a service in ``payments/operations/services.py``:
 one transaction, a ``PaymentEvent`` through the state machine and an ``AuditEvent`` naming
 ``--actor`` (default ``cli:<login name>``) and ``--reason``.
 """
@@ -13,8 +13,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from payments.engine.retry_policy import DeadLetterReason, redrive_kind
 from payments.models import DeadLetter
-from payments.operations import (
+from payments.operations.services import (
     OperationRefused,
     Resolution,
     dead_letter_detail,
@@ -22,7 +23,6 @@ from payments.operations import (
     dead_letter_resolve,
     dead_lettered_payments,
 )
-from payments.retry_policy import DeadLetterReason, redrive_kind
 
 
 def _default_actor() -> str:

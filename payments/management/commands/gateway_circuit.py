@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from payments.circuit import circuit_reset
+from payments.engine.circuit import circuit_reset
 from payments.models import GatewayCircuit
 
 

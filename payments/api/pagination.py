@@ -14,23 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .error_codes import ErrorCode, ProblemError
+from common.error_codes import ErrorCode, ProblemError
+from payments.selectors import Cursor
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 _CURSOR_VERSION = "v1"
 _MAX_CURSOR_LENGTH = 200
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """The sort key of the last row already seen."""
-
-    scheduled_for: datetime
-    id: uuid.UUID
 
 
 def encode_cursor(cursor: Cursor) -> str:

@@ -35,8 +35,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from audit.services import audit_record
-
-from .models import GatewayCircuit
+from payments.models import GatewayCircuit
 
 logger = logging.getLogger(__name__)
 

@@ -28,14 +28,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 
-from .card_data import find_card_data, mask_card_numbers
-from .currencies import CURRENCY_EXPONENTS, to_minor_units
-from .error_codes import ErrorCode, FieldError, ProblemError
-from .models import Payment, PaymentEvent
-from .pagination import Cursor, decode_cursor, parse_limit
-from .services import PaymentDraft
-from .statuses import INTERNAL_STATUSES, PublicStatus, public_status
-from .time_semantics import (
+from common.card_data import find_card_data, mask_card_numbers
+from common.error_codes import ErrorCode, FieldError, ProblemError
+from payments.currencies import CURRENCY_EXPONENTS, to_minor_units
+from payments.models import Payment, PaymentEvent
+from payments.selectors import Cursor
+from payments.services import PaymentDraft
+from payments.statuses import INTERNAL_STATUSES, PublicStatus, public_status
+from payments.time_semantics import (
     AMBIGUOUS_POLICIES,
     NONEXISTENT_POLICIES,
     check_window,
@@ -43,6 +43,8 @@ from .time_semantics import (
     format_local,
     resolve_schedule,
 )
+
+from .pagination import decode_cursor, parse_limit
 
 # --- Responses ---------------------------------------------------------------
 

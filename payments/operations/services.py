@@ -1,6 +1,6 @@
 """Operators' services for dead-lettered payments: re-drive, resolve, inspect.
 
-Called by the operations admin (``payments/admin_operations.py``) and by
+Called by the operations admin (``payments/operations/admin.py``) and by
 ``manage.py dead_letters``. Each action is one short transaction on the locked
 row: the status change goes through ``state_machine.apply_transition`` (a
 ``PaymentEvent``) and an ``AuditEvent`` names the operator and their reason.
@@ -28,12 +28,11 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import audit_record
-
-from .gateways.classification import GATEWAY_REJECTED, GATEWAY_REJECTED_MESSAGE
-from .models import Payment, PaymentEvent
-from .retry_policy import Redrive, reconcile_deadline, redrive_kind
-from .state_machine import apply_transition, lock_payment
-from .statuses import Status
+from payments.engine.retry_policy import Redrive, reconcile_deadline, redrive_kind
+from payments.gateways.classification import GATEWAY_REJECTED, GATEWAY_REJECTED_MESSAGE
+from payments.models import Payment, PaymentEvent
+from payments.state_machine import apply_transition, lock_payment
+from payments.statuses import Status
 
 # What the payer sees for a payment an operator resolved as failed (unless a safe code is already set).
 RESOLVED_FAILURE_CODE = "processing_failed"
@@ -72,7 +71,7 @@ def _locked_dead_letter(payment_id: uuid.UUID | str) -> Payment:
 
 
 def _first_submitted_at(payment: Payment) -> Any:
-    from .execution import first_submitted_at  # execution imports much; only needed here
+    from payments.engine.execution import first_submitted_at  # execution imports much; only needed here
 
     return first_submitted_at([payment])[payment.pk]
 

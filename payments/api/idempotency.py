@@ -55,11 +55,10 @@ from django.http import HttpRequest, HttpResponse
 from rest_framework.renderers import JSONRenderer
 
 from accounts.models import User
-
-from . import selectors
-from .card_data import contains_card_number
-from .error_codes import ErrorCode, ProblemError
-from .models import IdempotencyRecord
+from common.card_data import contains_card_number
+from common.error_codes import ErrorCode, ProblemError
+from payments import selectors
+from payments.models import IdempotencyRecord
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from common.error_codes import ErrorCode, ProblemError
 from config.problems import PROBLEM_CONTENT_TYPE
+from payments import selectors, services
+from payments.selectors import Cursor
+from payments.statuses import PublicStatus
 
-from . import selectors, services
-from .error_codes import ErrorCode, ProblemError
 from .idempotency import (
     IDEMPOTENCY_HEADER,
     REPLAYED_HEADER,
@@ -31,7 +33,7 @@ from .idempotency import (
     idempotent_execute,
     request_fingerprint,
 )
-from .pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, encode_cursor
+from .pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from .serializers import (
     PaymentCreateSerializer,
     PaymentEventListSerializer,
@@ -45,7 +47,6 @@ from .serializers import (
     reject_card_data,
     validate_payment_create,
 )
-from .statuses import PublicStatus
 
 # --- OpenAPI description -------------------------------------------------------
 

@@ -27,9 +27,9 @@ from typing import Any, Final
 
 from django.conf import settings
 
-from .gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
-from .gateways.classification import decline_outcome
-from .statuses import Status
+from payments.gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
+from payments.gateways.classification import decline_outcome
+from payments.statuses import Status
 
 
 class Phase(enum.StrEnum):
