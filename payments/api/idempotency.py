@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,12 +57,13 @@ from common.error_codes import ErrorCode, ProblemError
 from payments import selectors
 from payments.models import IdempotencyRecord
 
+from . import contract
+
 logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # 1-255 printable ASCII characters (space to tilde).
-_KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 # Each round either returns, raises, or lost the key to a parallel request (and then
 # replays it in the next); more rounds than this means churn.
 _MAX_ROUNDS = 5
@@ -111,7 +111,7 @@ def idempotency_key_from(request: HttpRequest) -> str:
             "The Idempotency-Key header is required: send a unique value (e.g. a UUID) per payment, "
             "and the same value when you retry it.",
         )
-    if not _KEY_PATTERN.fullmatch(raw):
+    if not contract.IDEMPOTENCY_KEY_PATTERN.fullmatch(raw):
         raise ProblemError(
             ErrorCode.IDEMPOTENCY_KEY_INVALID,
             400,

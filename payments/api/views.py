@@ -26,6 +26,7 @@ from payments import selectors, services
 from payments.selectors import Cursor
 from payments.statuses import PublicStatus
 
+from . import contract
 from .idempotency import (
     IDEMPOTENCY_HEADER,
     REPLAYED_HEADER,
@@ -34,7 +35,7 @@ from .idempotency import (
     idempotent_execute,
     request_fingerprint,
 )
-from .pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from .pagination import encode_cursor
 from .serializers import (
     PaymentCreateSerializer,
     PaymentEventListSerializer,
@@ -104,7 +105,7 @@ _IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     required=True,
-    pattern=r"^[ -~]{1,255}$",  # what idempotency.idempotency_key_from accepts (found missing by fuzzing)
+    pattern=f"^{contract.IDEMPOTENCY_KEY_REGEX}$",  # what the key is checked against (found missing by fuzzing)
     description=(
         "1-255 printable ASCII characters, unique per payment (a UUID is ideal); send the same key when retrying. "
         "Keys are scoped to your user and kept for at least 24 hours. The same key with the same body replays the "
@@ -148,7 +149,7 @@ _LIST_PARAMETERS = [
         "limit",
         {"type": "integer", "minimum": 1},  # 0 or less is 422 invalid_filter
         OpenApiParameter.QUERY,
-        description=f"Page size, default {DEFAULT_LIMIT}; larger values are reduced to {MAX_LIMIT}.",
+        description=f"Page size, default {contract.DEFAULT_LIMIT}; larger values are reduced to {contract.MAX_LIMIT}.",
     ),
     OpenApiParameter(
         "cursor", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Opaque; taken from a previous page's `next`."
