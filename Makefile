@@ -29,8 +29,12 @@ migrate: $(STAMP) ## apply database migrations
 	mkdir -p var/static
 	$(BIN)/python manage.py migrate --noinput
 
-run: $(STAMP) migrate ## start web, worker, beat and the sandbox gateway (embedded default unless URLs are set)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start web worker recovery beat gateway
+# Without DATABASE_URL, config.embedded_postgres starts the embedded PostgreSQL (var/postgres) once
+# for the migrations and every process, and stops it when honcho ends.
+run: $(STAMP) ## start web, worker, recovery, beat and the sandbox gateway (embedded default unless URLs are set)
+	mkdir -p var/static
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m config.embedded_postgres \
+		sh -c 'python manage.py migrate --noinput && exec honcho start web worker recovery beat gateway'
 
 services-check: $(STAMP) ## fail loudly unless PostgreSQL, RabbitMQ and Redis answer
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) TEST_REDIS_URL=$(TEST_REDIS_URL) \
@@ -50,7 +54,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean: ## remove the embedded database, broker folder and caches
+clean: ## remove the embedded database (var/postgres), broker folder and caches
 	rm -rf var .mypy_cache .ruff_cache .pytest_cache
 
 # --- Benchmarks (bench/, docs/performance.md) ---------------------------------------------------

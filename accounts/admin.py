@@ -5,6 +5,8 @@ from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from common import actors
+
 from .models import ApiToken, User
 from .services import token_revoke
 
@@ -26,5 +28,5 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         for token in queryset:
-            token_revoke(token_id=token.pk, actor=f"staff:{request.user.pk}")
+            token_revoke(token_id=token.pk, actor=actors.staff(request.user.pk))
         messages.success(request, f"Revoked {queryset.count()} token(s).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -49,8 +49,7 @@ def token_revoke(*, token_id: int, actor: str) -> ApiToken:
 # Every API request runs this: one raw statement is a third of the CPU of the same query
 # built by the ORM (select_related, the usable() conditions, first()). Same conditions as
 # ApiToken.objects.usable(); tests/api/test_auth_and_errors.py covers them. The database
-# compares the instants (and says whether last_used_at is due for a refresh): raw columns
-# come back unconverted, naive on SQLite.
+# compares the instants (and says whether last_used_at is due for a refresh).
 _USER_BY_TOKEN_SQL = """
     SELECT u.*, t.id AS token_id,
            (t.last_used_at IS NULL OR t.last_used_at < %(stale_before)s) AS token_use_unrecorded
@@ -64,8 +63,8 @@ def token_authenticate(raw: str) -> User | None:
     now = timezone.now()
     params = {
         "hash": hash_token(raw),
-        "now": connection.ops.adapt_datetimefield_value(now),
-        "stale_before": connection.ops.adapt_datetimefield_value(now - _LAST_USED_GRANULARITY),
+        "now": now,
+        "stale_before": now - _LAST_USED_GRANULARITY,
     }
     user = next(iter(User.objects.raw(_USER_BY_TOKEN_SQL, params)), None)
     if user is None or not user.is_active:

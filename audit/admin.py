@@ -8,6 +8,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
+from common import actors
+
 from .models import AuditEvent
 from .services import audit_export, audit_record
 
@@ -37,7 +39,7 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
             count = audit_export(events=queryset.order_by("at", "id"), stream=buffer, fmt="csv")
             # Who exported what is itself part of the trail.
             audit_record(
-                actor=f"staff:{request.user.pk}",
+                actor=actors.staff(request.user.pk),
                 action="audit.exported",
                 target=request.user,  # type: ignore[arg-type]
                 data={"count": count, "format": "csv"},

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from payments.card_data import CARD_BRANDS, contains_card_number
+from common.card_data import CARD_BRANDS, contains_card_number
 
 RESULT = Path(__file__).resolve().parent / "results" / "card-refusal-rates.json"
 

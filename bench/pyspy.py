@@ -26,6 +26,7 @@ from .profiler import PROJECT_ROOT, locate
 # "function (path/to/file.py:123)"; py-spy leaves out the parenthesis for frames without a file
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<filename>.*):(?P<line>\d+)\)$")
 SAMPLE_RATE = 100  # per second and process
+SHARE_DIGITS = 3
 
 
 def executable() -> str | None:
@@ -110,7 +111,11 @@ def summarize(collapsed: str, top: int = 12) -> dict[str, Any]:
             ours_inclusive[name] += count
 
     def shares(counts: Counter[str]) -> list[dict[str, Any]]:
-        return [{"name": name, "share": round(n / total, 3)} for name, n in counts.most_common(top)] if total else []
+        # The count is what sums exactly; the share is rounded for reading (rounded shares need not
+        # sum to 1, and a package with one sample in thousands reads 0.0).
+        return [
+            {"name": name, "samples": n, "share": round(n / total, SHARE_DIGITS)} for name, n in counts.most_common(top)
+        ]
 
     return {
         "method": f"py-spy at {SAMPLE_RATE} Hz per process on the stack's own processes, GIL-holding threads",

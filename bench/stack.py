@@ -294,7 +294,7 @@ class Stack:
         faults = f'{{"latency_ms": {int(self.options.gateway_latency_ms)}}}'
         process = self._start(
             "gateway",
-            [sys.executable, "-m", "payments.sandbox_gateway", "--port", str(self.gateway_port)],
+            [sys.executable, "-m", "sandbox_gateway", "--port", str(self.gateway_port)],
             {"GATEWAY_DATA_DIR": str(self.run_dir / "gateway"), "GATEWAY_FAULTS": faults},
         )
         self._wait_ready(process, lambda: self._http_ok(f"{self.gateway_url}/healthz"))

@@ -549,12 +549,12 @@ def count_queries() -> Iterator[list[dict[str, Any]]]:
 
 @contextmanager
 def timed_steps() -> Iterator[dict[str, dict[str, float]]]:
-    """Wall and process CPU time of the execution path's steps, by wrapping them in ``payments.execution``.
+    """Wall and process CPU time of the execution path's steps, by wrapping them in ``payments.engine.execution``.
 
     The steps are looked up by name (the engine may change): a step that is not there is simply not timed.
     Process CPU includes every thread, so the gateway step holds the HTTP client's pool threads too.
     """
-    from payments import execution
+    from payments.engine import execution
 
     totals: dict[str, dict[str, float]] = {}
 
@@ -598,7 +598,7 @@ def run_profile(b: Bench) -> dict[str, Any]:
     from django.conf import settings
     from django.test import Client
 
-    from payments.execution import payments_execute, payments_sweep
+    from payments.engine.execution import payments_execute, payments_sweep
     from payments.gateways import reset_gateway_cache
     from payments.state_machine import claim_due_payments
 
@@ -707,8 +707,7 @@ def explain_claim(b: Bench) -> list[str]:
 
     from payments import state_machine
 
-    backend = getattr(state_machine, "_PostgresBatch", None)
-    sql = getattr(backend, "CLAIM_DUE_SQL", None)
+    sql = getattr(state_machine, "QUERIES", {}).get("claim_due")
     params: dict[str, Any] = {
         "lookahead": settings.SWEEP_LOOKAHEAD,
         "limit": settings.SWEEP_BATCH_SIZE,
@@ -730,7 +729,7 @@ def explain_claim(b: Bench) -> list[str]:
 
 
 def _tick(repeat: int) -> list[float]:
-    from payments.execution import payments_sweep
+    from payments.engine.execution import payments_sweep
 
     durations = []
     for _ in range(repeat):
@@ -743,7 +742,7 @@ def _tick(repeat: int) -> list[float]:
 
 def run_sweep(b: Bench) -> dict[str, Any]:
     """Tick duration with nothing due and with ``sweep_due`` due, as the backlog of future payments grows."""
-    from payments.execution import payments_sweep
+    from payments.engine.execution import payments_sweep
 
     # Backlog rows belong to a user of their own, who never calls the API (per-user limits stay untouched);
     # due rows are copies of a regular user's payment.

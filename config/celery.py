@@ -93,7 +93,7 @@ def _configure_queues(sender: Celery, **kwargs: Any) -> None:
 @worker_init.connect
 @beat_init.connect
 def _refuse_contradictory_timing(sender: Any = None, **kwargs: Any) -> None:
-    """A worker or beat never starts with leases shorter than the work they cover (``payments.timing``).
+    """A worker or beat never starts with leases shorter than the work they cover (``payments.engine.timing``).
 
     Celery's Django fix-up runs the system checks at start but ignores their errors.
     """

@@ -2,7 +2,7 @@
 
 Wired in ``settings.LOGGING``: the console handler carries two filters and one formatter.
 
-1. ``payments.card_data.CardNumberMaskingFilter`` masks card numbers (Luhn) in the
+1. ``common.card_data.CardNumberMaskingFilter`` masks card numbers (Luhn) in the
    message, its arguments, ``extra=`` values and exception text.
 2. :class:`SecretScrubbingFilter` masks ``Bearer`` credentials, API tokens
    (``spt_…``), payment-method tokens (``pm_…``), gateway secret keys, IBAN-like
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from payments.card_data import RecordScrubbingFilter, mask_card_numbers
+from common.card_data import RecordScrubbingFilter, mask_card_numbers
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -102,7 +102,7 @@ class SecretScrubbingFilter(RecordScrubbingFilter):
     """Scrub secrets from a record before any handler formats it; never drops a record.
 
     Same contract as ``CardNumberMaskingFilter`` (put it on every handler, after that
-    one; both are ``payments.card_data.RecordScrubbingFilter``): the message is formatted
+    one; both are ``common.card_data.RecordScrubbingFilter``): the message is formatted
     and scrubbed and ``args`` cleared; structlog event dicts, ``extra=`` values (not
     structlog's ``_…`` ones), ``stack_info`` and the exception text are scrubbed, and
     the exception is kept only as scrubbed text (``exc_text``), never re-rendered.

@@ -15,7 +15,7 @@ from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from payments.error_codes import ErrorCode, FieldError, ProblemError
+from common.error_codes import ErrorCode, FieldError, ProblemError
 
 from .throttling import throttle_failed_authentication
 

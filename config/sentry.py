@@ -33,7 +33,7 @@ from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
-from payments.card_data import mask_card_numbers, may_contain_card_number
+from common.card_data import mask_card_numbers, may_contain_card_number
 
 from .logging import scrub_text
 

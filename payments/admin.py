@@ -33,8 +33,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .crypto import normalize_account, payee_account_hmac
-from .error_codes import ProblemError
+from common.crypto import normalize_account, payee_account_hmac
+from common.error_codes import ProblemError
+
 from .models import Payment, PaymentEvent
 from .services import payment_cancel_by_staff
 

@@ -34,7 +34,7 @@ from django.core import checks
 from django.core.exceptions import FieldError
 from django.db import models
 
-from .crypto import decrypt_str, encrypt_str, is_encrypted
+from common.crypto import decrypt_str, encrypt_str, is_encrypted
 
 # The only lookup whose answer does not depend on the plaintext.
 _ALLOWED_LOOKUPS = frozenset({"isnull"})

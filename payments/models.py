@@ -27,7 +27,7 @@ class Payment(models.Model):
     payee_name = SensitiveTextField()
     payee_account = SensitiveTextField()
     payee_account_last4 = models.CharField(max_length=4)
-    # HMAC-SHA256 of the normalised account under FIELD_HMAC_KEY (payments.crypto.payee_account_hmac):
+    # HMAC-SHA256 of the normalised account under FIELD_HMAC_KEY (common.crypto.payee_account_hmac):
     # support's exact-match search, without the account in clear. "" until backfilled (migration 0003,
     # manage.py rehash_payee_accounts); db_default so rows inserted by older code still insert.
     # Indexed by payment_payee_account_hmac_idx (one btree; db_index=True would add a useless LIKE index).
@@ -49,7 +49,7 @@ class Payment(models.Model):
     gateway_reference = models.CharField(max_length=100, blank=True, default="")
     failure_code = models.CharField(max_length=64, blank=True, default="")
     failure_message = models.CharField(max_length=255, blank=True, default="")
-    # Failure handling (payments/retry_policy.py). db_default: rows inserted by raw SQL still insert.
+    # Failure handling (payments/engine/retry_policy.py). db_default: rows inserted by raw SQL still insert.
     # Inconclusive reconciliation tries of the current attempt: the rung of the reconcile ladder.
     reconcile_attempts = models.PositiveIntegerField(default=0, db_default=0)
     # Why the engine gave up (retry_policy.DeadLetterReason), set with status dead_lettered; operators only.
@@ -136,7 +136,7 @@ class IdempotencyRecord(models.Model):
     """A client's ``Idempotency-Key`` (as its HMAC) and the response it got, stored with the work it protected."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    # HMAC-SHA256 of the key under FIELD_HMAC_KEY (payments.crypto.idempotency_key_hmac), never the key:
+    # HMAC-SHA256 of the key under FIELD_HMAC_KEY (common.crypto.idempotency_key_hmac), never the key:
     # a key may hold anything a client chose, a card number included.
     key_hmac = models.CharField(max_length=64)
     # SHA-256 of method, path and the canonical JSON body: compared, never the body itself.
@@ -166,7 +166,7 @@ class DeadLetteredPaymentManager(models.Manager["DeadLetteredPayment"]):
 
 
 class DeadLetteredPayment(Payment):
-    """Payments the engine gave up on, for the operations admin (``payments/admin_operations.py``)."""
+    """Payments the engine gave up on, for the operations admin (``payments/operations/admin.py``)."""
 
     objects = DeadLetteredPaymentManager()  # type: ignore[misc]
 
@@ -205,7 +205,7 @@ class DeadLetter(models.Model):
 
 
 class GatewayCircuit(models.Model):
-    """The circuit breaker of one gateway, shared by every worker process (``payments/circuit.py``)."""
+    """The circuit breaker of one gateway, shared by every worker process (``payments/engine/circuit.py``)."""
 
     class State(models.TextChoices):
         CLOSED = "closed"

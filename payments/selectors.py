@@ -14,11 +14,18 @@ from datetime import datetime
 from django.db.models import Q, QuerySet
 
 from accounts.models import User
+from common.error_codes import ErrorCode, ProblemError
 
 from . import state_machine
-from .error_codes import ErrorCode, ProblemError
 from .models import Payment, PaymentEvent
-from .pagination import Cursor
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The sort key of the last row already seen."""
+
+    scheduled_for: datetime
+    id: uuid.UUID
 
 
 def database_now() -> datetime:

@@ -11,17 +11,17 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
 
 from accounts.models import User
 from audit.services import audit_record
+from common import actors
+from common.crypto import payee_account_hmac
+from common.error_codes import ErrorCode, FieldError, ProblemError
 
-from .crypto import payee_account_hmac
 from .currencies import format_minor_units, to_minor_units
-from .error_codes import ErrorCode, FieldError, ProblemError
 from .models import IdempotencyRecord, Payment
 from .state_machine import apply_transition, database_now, lock_payment, record_creation
-from .statuses import CANCELABLE_STATUSES, INTERNAL_STATUSES, PublicStatus, Status
+from .statuses import CANCELABLE_STATUSES, INTERNAL_STATUSES, EventReason, PublicStatus, Status
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,12 @@ def payment_cancel(*, payment_id: uuid.UUID | str, actor: str, owner_id: int | N
                 409,
                 f"A payment that is {payment.public_status} can no longer be canceled.",
             )
-        now = timezone.now()
+        now = database_now()
         apply_transition(
             payment,
             to=Status.CANCELED,
             actor=actor,
-            reason="canceled",
+            reason=EventReason.CANCELED,
             expected_from=CANCELABLE_STATUSES,
             changes={"canceled_at": now, "lease_expires_at": None},
             now=now,
@@ -99,19 +99,17 @@ def _lock_owner_for_create(owner_id: int) -> None:
     (the foreign-key check), token bookkeeping and admin edits of that user. Only
     requests of the same user wait for each other, for the few milliseconds of a create.
     Users whose ids are equal modulo 2**31 share a lock: harmless, only a little waiting.
-    SQLite (laptops) needs nothing: its write transactions are already serialised
-    (``transaction_mode IMMEDIATE``).
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CREATE_LOCK_NAMESPACE, owner_id % 2_147_483_648])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_CREATE_LOCK_NAMESPACE, owner_id % 2_147_483_648])
 
 
 # Both of a user's limits in one round trip. The pending count reads at most
 # max_pending + 1 entries of payment_owner_pending_idx, whatever the user's history; the day's
 # sum reads that day's payments through payment_owner_listing_idx (owner, scheduled_for).
 def _in_list(name: str, values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """``(%(name0)s, %(name1)s, ...)`` and its parameters: one SQL text for PostgreSQL and SQLite."""
+    """``(%(name0)s, %(name1)s, ...)`` and its parameters: constants the planner can match with
+    the partial indexes' predicates, passed as parameters, never interpolated."""
     params = {f"{name}{i}": str(value) for i, value in enumerate(values)}
     return "(" + ", ".join(f"%({key})s" for key in params) + ")", params
 
@@ -144,9 +142,8 @@ def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
                 "owner": owner_id,
                 "pending_cap": max_pending + 1,
                 "currency": data.currency,
-                # adapted: SQLite compares the stored text, which has no offset
-                "day_start": connection.ops.adapt_datetimefield_value(day_start),
-                "day_end": connection.ops.adapt_datetimefield_value(day_start + timedelta(days=1)),
+                "day_start": day_start,
+                "day_end": day_start + timedelta(days=1),
                 **_PENDING_PARAMS,
                 **_NOT_MOVING_PARAMS,
             },
@@ -182,8 +179,9 @@ def _enforce_limits(owner_id: int, data: PaymentDraft) -> None:
 def payment_create(*, owner: User, data: PaymentDraft, actor: str, now: datetime | None = None) -> Payment:
     """Create a scheduled payment and the first event of its timeline, in one transaction.
 
-    ``now`` is the creation instant (default: this process's clock, as for every
-    later transition, so the timeline stays in order). The sweep finds the payment
+    ``now`` is the creation instant: the database clock's reading the request already
+    took (read here when not given), as for every later transition, so the timeline stays
+    in order. The sweep finds the payment
     by ``scheduled_for``: nothing is queued here.
 
     The user's limits (``PAYMENTS_MAX_PENDING_PER_USER``, ``PAYMENTS_MAX_DAILY_AMOUNT``)
@@ -191,7 +189,7 @@ def payment_create(*, owner: User, data: PaymentDraft, actor: str, now: datetime
     under a per-user lock held until the transaction commits: parallel requests of
     one user cannot together pass a limit that each alone would respect.
     """
-    now = now or timezone.now()
+    now = now or database_now()
     # No savepoint when called inside a transaction (the API's idempotent create): a refusal
     # here fails the whole request anyway, and a savepoint costs two more round trips.
     with transaction.atomic(savepoint=False):
@@ -222,7 +220,7 @@ def payment_create(*, owner: User, data: PaymentDraft, actor: str, now: datetime
 
 def payment_cancel_by_staff(*, payment_id: uuid.UUID | str, staff_user_id: int) -> Payment:
     """A support agent's cancel (admin action): ``payment_cancel`` plus an audit row, atomically."""
-    actor = f"staff:{staff_user_id}"
+    actor = actors.staff(staff_user_id)
     with transaction.atomic():
         payment = payment_cancel(payment_id=payment_id, actor=actor)
         audit_record(actor=actor, action="payment.canceled", target=payment, data={"status": payment.status})

@@ -1,10 +1,20 @@
-"""The only code that changes a payment's status.
+"""The only code that changes a payment's status: every transition, in one module.
 
-Every transition runs in a short transaction on a locked row, is checked
-against ``statuses.ALLOWED_TRANSITIONS`` and, where the caller says so, against
-the expected current status and attempt number (the fencing token, so a
-zombie worker's late write changes nothing), and writes one ``PaymentEvent``
-in the same transaction.
+One payment moves through ``apply_transition`` (services, operators), a batch of them
+through one guarded statement of ``state_machine.sql`` (the engine), run by the functions
+at the end of this module. Either way the move is checked against ``statuses.TRANSITIONS``
+(the table of moves and the reasons each records) and, where the caller says so, against
+the expected current status and attempt number (the fencing token, so a zombie worker's
+late write changes nothing), and one ``PaymentEvent`` is written in the same transaction.
+
+Events: written here, by the code that moves the payment, not by a trigger. A trigger
+would need each row's reason, actor and data, which a batch statement has per row only in
+its own ``unnest``/VALUES: it could reach them only through extra columns on the payment
+row or session variables, more moving parts than the one ``events`` CTE per statement,
+which writes exactly the rows the guarded UPDATE returned. tests/conftest.py checks after
+every test that each event written is a move of the table. One clock: every event, and the
+payment's ``updated_at``, is stamped by the database (``statement_timestamp()``, or
+``database_now()`` for ``apply_transition``), never by a process.
 """
 
 from __future__ import annotations
@@ -12,19 +22,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce, Greatest
-from django.utils import timezone
 
 from .models import Payment, PaymentEvent
-from .statuses import Status, is_allowed
+from .statuses import EventReason, Status, is_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +68,18 @@ def apply_transition(
     data: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> PaymentEvent:
-    """Move a payment that the caller holds locked (inside its transaction) and record the event."""
+    """Move a payment that the caller holds locked (inside its transaction) and record the event.
+
+    ``now``: the database clock's reading the caller already took for the same change (e.g.
+    ``canceled_at``); read here when not given.
+    """
     if expected_from is not None and payment.status not in expected_from:
         raise TransitionRejected(payment, to, f"expected one of {sorted(expected_from)}")
     if expected_attempt is not None and payment.attempts != expected_attempt:
         raise TransitionRejected(payment, to, f"stale attempt {expected_attempt} (now {payment.attempts})")
-    if not is_allowed(payment.status, to):
-        raise TransitionRejected(payment, to, "not an allowed transition")
-    now = now or timezone.now()
+    if not is_allowed(payment.status, to, reason):
+        raise TransitionRejected(payment, to, f"not a transition of the table (reason {reason!r})")
+    now = now or database_now()
     from_status = payment.status
     payment.status = to
     payment.updated_at = now
@@ -121,7 +134,7 @@ def record_creation(payment: Payment, *, actor: str) -> PaymentEvent:
         at=payment.created_at,
         from_status="",
         to_status=payment.status,
-        reason="created",
+        reason=EventReason.CREATED,
         actor=actor,
         attempt=0,
     )
@@ -132,11 +145,9 @@ def record_creation(payment: Payment, *, actor: str) -> PaymentEvent:
 # The engine moves payments in batches for throughput, but every row is still
 # guarded on its own: a row moves only if *its* status (and, for outcomes, *its*
 # attempt number, the fencing token) is the expected one, under *its* row lock,
-# and gets *its* own event row in the same transaction. On PostgreSQL each batch
-# is one statement (``UPDATE … RETURNING`` with the events inserted by a
-# data-modifying CTE); elsewhere (the embedded SQLite default) each payment takes
-# the canonical path above, one short transaction at a time. ``_batch_backend()``
-# is the one place that branches on the database vendor.
+# and gets *its* own event row in the same transaction. Each batch is one named
+# statement of state_machine.sql (``UPDATE … RETURNING`` with the events inserted by a
+# data-modifying CTE).
 
 SWEEP_LOCK_KEY = 0x5041_594D_5357_4550  # "PAYMSWEP": the sweep's advisory-lock key (database-local)
 
@@ -187,269 +198,10 @@ class Reschedule:
     count_try: bool = False
 
 
-def _check_allowed(from_status: str, to_status: str) -> None:
-    if not is_allowed(from_status, to_status):
-        raise ValueError(f"{from_status} → {to_status} is not an allowed transition")
-
-
-def _outcome_changes(write: OutcomeWrite, now: datetime) -> dict[str, Any]:
-    changes: dict[str, Any] = {
-        "lease_expires_at": None,
-        "next_attempt_at": now + write.next_attempt_in if write.next_attempt_in is not None else None,
-        "failure_code": write.failure_code,
-        "failure_message": write.failure_message[:255],
-    }
-    if write.gateway_reference:
-        changes["gateway_reference"] = write.gateway_reference
-    if write.to_status == Status.SUCCEEDED:
-        changes["executed_at"] = now
-    if write.to_status == Status.DEAD_LETTERED:
-        changes["dead_letter_reason"] = write.dead_letter_reason or write.reason
-    return changes
-
-
-# Claims whose task could not be published: their lease is ended at once (release_dispatch_leases).
-_RELEASABLE = (Status.DISPATCHED, Status.RETRY_SCHEDULED, Status.RECONCILING)
-
-
-def _lease_expired(payment: Payment, now: datetime) -> bool:
-    return payment.lease_expires_at is not None and payment.lease_expires_at <= now
-
-
-class _PortableBatch:
-    """Any database: one short transaction per payment through ``apply_transition``.
-
-    Used for the embedded SQLite default, where writers are serialised anyway
-    (``transaction_mode=IMMEDIATE``), so there is no ``SKIP LOCKED`` to miss.
-    """
-
-    def now(self) -> datetime:
-        return timezone.now()
-
-    @contextmanager
-    def sweep_leader_lock(self) -> Iterator[bool]:
-        # SQLite has one writer at a time; two sweeps interleave harmlessly (every claim is guarded).
-        yield True
-
-    def _move(
-        self,
-        ids: Iterable[uuid.UUID],
-        *,
-        to: str,
-        actor: str,
-        reason: str,
-        expected_from: Collection[str],
-        changes: Callable[[Payment, datetime], Mapping[str, Any]],
-        when: Callable[[Payment, datetime], bool] = lambda p, now: True,
-    ) -> list[Payment]:
-        moved = []
-        for payment_id in ids:
-            with transaction.atomic():
-                now = timezone.now()
-                try:
-                    payment = lock_payment(payment_id)
-                except Payment.DoesNotExist:
-                    continue
-                if payment.status not in expected_from or not when(payment, now):
-                    continue
-                apply_transition(
-                    payment,
-                    to=to,
-                    actor=actor,
-                    reason=reason,
-                    expected_from=expected_from,
-                    changes=changes(payment, now),
-                    now=now,
-                )
-                moved.append(payment)
-        return moved
-
-    def claim_due(self, *, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        ids = list(
-            Payment.objects.filter(status=Status.SCHEDULED, scheduled_for__lte=timezone.now() + lookahead)
-            .order_by("scheduled_for")
-            .values_list("pk", flat=True)[:limit]
-        )
-        moved = self._move(
-            ids,
-            to=Status.DISPATCHED,
-            actor=actor,
-            reason="due",
-            expected_from={Status.SCHEDULED},
-            changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
-        )
-        return [Claim(p.pk, p.scheduled_for) for p in moved]
-
-    @staticmethod
-    def _expired_leases(status: str, limit: int) -> list[uuid.UUID]:
-        """Ids of payments in ``status`` whose lease has run out, oldest first (re-checked under the lock)."""
-        return list(
-            Payment.objects.filter(status=status, lease_expires_at__lte=timezone.now())
-            .order_by("lease_expires_at")
-            .values_list("pk", flat=True)[:limit]
-        )
-
-    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        ids = self._expired_leases(Status.DISPATCHED, limit)
-        moved = self._move(
-            ids,
-            to=Status.DISPATCHED,
-            actor=actor,
-            reason="lease_expired",
-            expected_from={Status.DISPATCHED},
-            changes=lambda p, now: {"lease_expires_at": max(p.scheduled_for, now) + lease},
-            when=_lease_expired,
-        )
-        return [Claim(p.pk, p.scheduled_for) for p in moved]
-
-    def expire_submissions(self, *, limit: int, actor: str) -> list[uuid.UUID]:
-        ids = self._expired_leases(Status.SUBMITTING, limit)
-        moved = self._move(
-            ids,
-            to=Status.RECONCILING,
-            actor=actor,
-            reason="lease_expired",
-            expected_from={Status.SUBMITTING},
-            changes=lambda p, now: {"lease_expires_at": None, "next_attempt_at": now},
-            when=_lease_expired,
-        )
-        return [p.pk for p in moved]
-
-    def claim_waiting(self, *, status: str, lease: timedelta, limit: int) -> list[Claim]:
-        now = timezone.now()
-        ids = list(
-            Payment.objects.filter(status=status, next_attempt_at__lte=now)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-            .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[:limit]
-        )
-        claims = []
-        for payment_id in ids:
-            with transaction.atomic():
-                now = timezone.now()
-                updated = (
-                    Payment.objects.filter(pk=payment_id, status=status, next_attempt_at__lte=now)
-                    .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-                    .update(lease_expires_at=now + lease, updated_at=now)
-                )
-                if updated:
-                    claims.append(Claim(payment_id, now))
-        return claims
-
-    def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
-        now = timezone.now()
-        return Payment.objects.filter(pk__in=ids, status__in=_RELEASABLE).update(lease_expires_at=now)
-
-    def begin_submissions(self, ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
-        submitting: list[Payment] = []
-        not_yet_due: list[tuple[uuid.UUID, float]] = []
-        for payment_id in sorted(ids):
-            with transaction.atomic():
-                now = timezone.now()
-                try:
-                    payment = lock_payment(payment_id)
-                except Payment.DoesNotExist:
-                    continue
-                if payment.status == Status.DISPATCHED:
-                    due_at = payment.scheduled_for
-                elif payment.status == Status.RETRY_SCHEDULED and payment.next_attempt_at is not None:
-                    due_at = payment.next_attempt_at
-                else:
-                    continue  # canceled, or already moved on by another delivery: nothing to do
-                if due_at > now:
-                    not_yet_due.append((payment.pk, (due_at - now).total_seconds()))
-                    continue
-                reason = "due" if payment.status == Status.DISPATCHED else "retry"
-                apply_transition(
-                    payment,
-                    to=Status.SUBMITTING,
-                    actor=actor,
-                    reason=reason,
-                    expected_from={Status.DISPATCHED, Status.RETRY_SCHEDULED},
-                    changes={
-                        "attempts": payment.attempts + 1,
-                        "lease_expires_at": now + lease,
-                        "next_attempt_at": None,
-                        "reconcile_attempts": 0,
-                    },
-                    now=now,
-                )
-                submitting.append(payment)
-        return SubmissionStart(submitting, not_yet_due)
-
-    def record_outcomes(self, writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
-        for write in writes:
-            _check_allowed(from_status, write.to_status)  # an illegal outcome is a bug: raise, as on PostgreSQL
-        applied = []
-        for write in sorted(writes, key=lambda w: w.payment_id):
-            with transaction.atomic():
-                now = timezone.now()
-                try:
-                    payment = lock_payment(write.payment_id)
-                    apply_transition(
-                        payment,
-                        to=write.to_status,
-                        actor=actor,
-                        reason=write.reason,
-                        expected_from={from_status},
-                        expected_attempt=write.attempt,
-                        changes=_outcome_changes(write, now),
-                        data=write.data,
-                        now=now,
-                    )
-                except (Payment.DoesNotExist, TransitionRejected):
-                    continue
-                applied.append(write.payment_id)
-        return applied
-
-    def postpone(self, items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
-        now = timezone.now()
-        count = 0
-        for payment_id, attempt in items:
-            count += Payment.objects.filter(pk=payment_id, status=status, attempts=attempt).update(
-                lease_expires_at=None, next_attempt_at=now + delay, updated_at=now
-            )
-        return count
-
-    def reschedule(self, items: Sequence[Reschedule], *, status: str) -> int:
-        now = timezone.now()
-        count = 0
-        for item in items:
-            wake = now + item.delay
-            updates: dict[str, Any] = {
-                "lease_expires_at": None,
-                # A deferral (no try counted) never pulls a payment's own next try forward.
-                "next_attempt_at": wake if item.count_try else Greatest(Coalesce(F("next_attempt_at"), wake), wake),
-                "updated_at": now,
-            }
-            if item.count_try:
-                updates["reconcile_attempts"] = F("reconcile_attempts") + 1
-            count += Payment.objects.filter(pk=item.payment_id, status=status, attempts=item.attempt).update(**updates)
-        return count
-
-    def defer(self, ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
-        moved = self._move(
-            sorted(ids),
-            to=Status.DISPATCHED,
-            actor=actor,
-            reason=reason,
-            expected_from={Status.DISPATCHED},
-            changes=lambda p, now: {"lease_expires_at": now + delay},
-        )
-        now = timezone.now()
-        waiting = list(
-            Payment.objects.filter(pk__in=list(ids), status=Status.RETRY_SCHEDULED).values_list("pk", flat=True)
-        )
-        # Never earlier than the payment's own backoff (a gateway's Retry-After may be longer).
-        Payment.objects.filter(pk__in=waiting, status=Status.RETRY_SCHEDULED).update(
-            lease_expires_at=None,
-            next_attempt_at=Greatest(Coalesce(F("next_attempt_at"), now + delay), now + delay),
-            updated_at=now,
-        )
-        return [p.pk for p in moved] + waiting
-
-
-# The SQL below names the tables literally (tests check them against the models' db_table).
+def _check(from_status: str, to_status: str, reason: str) -> None:
+    """A batch statement about to make a move that is not in the table is a bug: raise before it runs."""
+    if not is_allowed(from_status, to_status, reason):
+        raise ValueError(f"{from_status} → {to_status} ({reason}) is not an allowed transition (statuses.TRANSITIONS)")
 
 
 # What a submission needs of each payment: the charge request, and the retry budget (retry_policy).
@@ -467,427 +219,103 @@ SUBMISSION_FIELDS = (
 )
 
 
-class _PostgresBatch:
-    """PostgreSQL: one statement per batch, ``FOR UPDATE SKIP LOCKED`` claims, the database clock.
-
-    The clock is ``statement_timestamp()``: the database's, never a worker's, and one
-    instant for the whole statement (``now()`` would be the start of an enclosing
-    transaction, which can be much older).
-
-    Where a statement finds payments by id (the ids it is given, or those its claim CTE just
-    locked), it compares ``status`` with a column of an ``expected`` CTE (``MATERIALIZED``, so
-    opaque to the planner), never with a constant. From a constant status the planner can prove
-    the predicates of the partial indexes on status (``payment_owner_pending_idx``,
-    ``payment_lease_rescue_idx``, …) and, with stale statistics (a large table whose autoanalyze
-    has not yet seen thousands of payments move), it scans one of them whole, filtering on the
-    id, instead of probing the primary key once per id: ~30 ms to seconds instead of ~1 ms per
-    batch, growing with the payments in flight (docs/performance.md). The guards are the same
-    tests on the same values; only the plan changes. The claim CTEs, which *search* by status,
-    keep their constants: there the partial index is the plan wanted. The statements are class
-    attributes so that tests can EXPLAIN them.
-    """
-
-    def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-
-    def now(self) -> datetime:
-        rows = self._fetch("SELECT statement_timestamp()", {})
-        value: datetime = rows[0][0]
-        return value
-
-    @contextmanager
-    def sweep_leader_lock(self) -> Iterator[bool]:
-        # Session-level, so it spans the sweep's several short transactions; it dies with the
-        # connection if the process does. Advisory locks are per database, so test databases
-        # and other environments on the same server never see each other's.
-        acquired = bool(self._fetch("SELECT pg_try_advisory_lock(%(key)s)", {"key": SWEEP_LOCK_KEY})[0][0])
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                try:
-                    self._fetch("SELECT pg_advisory_unlock(%(key)s)", {"key": SWEEP_LOCK_KEY})
-                except DatabaseError:
-                    # The connection is gone, and the lock with it.
-                    logger.warning("sweep: could not release the advisory lock", exc_info=True)
-
-    # The sweep's hot query: the partial index payment_due_sweep_idx gives the due edge in
-    # due order; rows another sweep holds are skipped, never waited for. The UPDATE's guard
-    # compares with ``expected``, not a constant (class docstring), as in every statement below.
-    CLAIM_DUE_SQL = """
-        WITH expected AS MATERIALIZED (SELECT 'scheduled'::text AS scheduled),
-        due AS MATERIALIZED (
-            SELECT id FROM payments_payment
-            WHERE status = 'scheduled' AND scheduled_for <= statement_timestamp() + %(lookahead)s
-            ORDER BY scheduled_for
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ), moved AS (
-            UPDATE payments_payment AS p
-            SET status = 'dispatched', updated_at = statement_timestamp(),
-                lease_expires_at = GREATEST(p.scheduled_for, statement_timestamp()) + %(lease)s
-            FROM due CROSS JOIN expected WHERE p.id = due.id AND p.status = expected.scheduled
-            RETURNING p.id, p.scheduled_for, p.attempts
-        ), events AS (
-            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
-            SELECT id, statement_timestamp(), 'scheduled', 'dispatched', 'due', %(actor)s, attempts, '{}'::jsonb
-            FROM moved
-        )
-        SELECT id, scheduled_for FROM moved ORDER BY scheduled_for
-    """
-
-    def claim_due(self, *, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        _check_allowed(Status.SCHEDULED, Status.DISPATCHED)
-        with transaction.atomic():
-            rows = self._fetch(
-                self.CLAIM_DUE_SQL, {"lookahead": lookahead, "limit": limit, "lease": lease, "actor": actor}
-            )
-        return [Claim(row[0], row[1]) for row in rows]
-
-    REDISPATCH_SQL = """
-        WITH expected AS MATERIALIZED (SELECT 'dispatched'::text AS dispatched),
-        expired AS MATERIALIZED (
-            SELECT id FROM payments_payment
-            WHERE status = 'dispatched' AND lease_expires_at <= statement_timestamp()
-            ORDER BY lease_expires_at LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ), moved AS (
-            UPDATE payments_payment AS p
-            SET updated_at = statement_timestamp(),
-                lease_expires_at = GREATEST(p.scheduled_for, statement_timestamp()) + %(lease)s
-            FROM expired CROSS JOIN expected WHERE p.id = expired.id AND p.status = expected.dispatched
-            RETURNING p.id, p.scheduled_for, p.attempts
-        ), events AS (
-            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
-            SELECT id, statement_timestamp(), 'dispatched', 'dispatched', 'lease_expired', %(actor)s, attempts,
-                   '{}'::jsonb
-            FROM moved
-        )
-        SELECT id, scheduled_for FROM moved ORDER BY scheduled_for
-    """
-
-    def redispatch_expired(self, *, lease: timedelta, limit: int, actor: str) -> list[Claim]:
-        _check_allowed(Status.DISPATCHED, Status.DISPATCHED)
-        with transaction.atomic():
-            rows = self._fetch(self.REDISPATCH_SQL, {"lease": lease, "limit": limit, "actor": actor})
-        return [Claim(row[0], row[1]) for row in rows]
-
-    EXPIRE_SUBMISSIONS_SQL = """
-        WITH expected AS MATERIALIZED (SELECT 'submitting'::text AS submitting),
-        expired AS MATERIALIZED (
-            SELECT id FROM payments_payment
-            WHERE status = 'submitting' AND lease_expires_at <= statement_timestamp()
-            ORDER BY lease_expires_at LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ), moved AS (
-            UPDATE payments_payment AS p
-            SET status = 'reconciling', updated_at = statement_timestamp(), lease_expires_at = NULL,
-                next_attempt_at = statement_timestamp()
-            FROM expired CROSS JOIN expected WHERE p.id = expired.id AND p.status = expected.submitting
-            RETURNING p.id, p.attempts
-        ), events AS (
-            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
-            SELECT id, statement_timestamp(), 'submitting', 'reconciling', 'lease_expired', %(actor)s, attempts,
-                   '{}'::jsonb
-            FROM moved
-        )
-        SELECT id FROM moved
-    """
-
-    def expire_submissions(self, *, limit: int, actor: str) -> list[uuid.UUID]:
-        _check_allowed(Status.SUBMITTING, Status.RECONCILING)
-        with transaction.atomic():
-            rows = self._fetch(self.EXPIRE_SUBMISSIONS_SQL, {"limit": limit, "actor": actor})
-        return [row[0] for row in rows]
-
-    CLAIM_WAITING_SQL = """
-        WITH expected AS MATERIALIZED (SELECT %(status)s::text AS status),
-        waiting AS MATERIALIZED (
-            SELECT id FROM payments_payment
-            WHERE status = %(status)s AND next_attempt_at <= statement_timestamp()
-              AND (lease_expires_at IS NULL OR lease_expires_at <= statement_timestamp())
-            ORDER BY next_attempt_at LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        )
-        UPDATE payments_payment AS p
-        SET lease_expires_at = statement_timestamp() + %(lease)s, updated_at = statement_timestamp()
-        FROM waiting CROSS JOIN expected WHERE p.id = waiting.id AND p.status = expected.status
-        RETURNING p.id, p.next_attempt_at
-    """
-
-    def claim_waiting(self, *, status: str, lease: timedelta, limit: int) -> list[Claim]:
-        with transaction.atomic():
-            rows = self._fetch(self.CLAIM_WAITING_SQL, {"status": status, "lease": lease, "limit": limit})
-        return [Claim(row[0], row[1]) for row in rows]
-
-    RELEASE_LEASES_SQL = """
-        WITH expected AS MATERIALIZED (
-            SELECT 'dispatched'::text AS dispatched, 'retry_scheduled'::text AS retry_scheduled,
-                   'reconciling'::text AS reconciling
-        )
-        UPDATE payments_payment AS p SET lease_expires_at = statement_timestamp()
-        FROM expected
-        WHERE p.id = ANY(%(ids)s) AND p.status IN (expected.dispatched, expected.retry_scheduled, expected.reconciling)
-    """
-
-    def release_dispatch_leases(self, ids: Sequence[uuid.UUID]) -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(self.RELEASE_LEASES_SQL, {"ids": list(ids)})
-            return int(cursor.rowcount)
-
-    BEGIN_SQL = """
-        WITH expected AS MATERIALIZED (
-            SELECT 'dispatched'::text AS dispatched, 'retry_scheduled'::text AS retry_scheduled
-        ), ready AS MATERIALIZED (
-            SELECT p.id, p.status FROM payments_payment AS p CROSS JOIN expected
-            WHERE p.id = ANY(%(ids)s)
-              AND ((p.status = expected.dispatched AND p.scheduled_for <= statement_timestamp())
-                   OR (p.status = expected.retry_scheduled AND p.next_attempt_at <= statement_timestamp()))
-            ORDER BY p.id
-            FOR UPDATE OF p
-        ), moved AS (
-            UPDATE payments_payment AS p
-            SET status = 'submitting', attempts = p.attempts + 1, updated_at = statement_timestamp(),
-                lease_expires_at = statement_timestamp() + %(lease)s, next_attempt_at = NULL,
-                reconcile_attempts = 0
-            FROM ready WHERE p.id = ready.id AND p.status = ready.status
-            RETURNING p.id, p.attempts, ready.status AS from_status
-        ), events AS (
-            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
-            SELECT id, statement_timestamp(), from_status, 'submitting',
-                   CASE from_status WHEN 'dispatched' THEN 'due' ELSE 'retry' END,
-                   %(actor)s, attempts, '{}'::jsonb
-            FROM moved
-        )
-        SELECT id, attempts FROM moved
-    """
-
-    # Of the payments begin_submissions did not move, those waiting to be due: (id, seconds until due).
-    NOT_YET_DUE_SQL = """
-        WITH expected AS MATERIALIZED (
-            SELECT 'dispatched'::text AS dispatched, 'retry_scheduled'::text AS retry_scheduled
-        )
-        SELECT p.id, EXTRACT(EPOCH FROM (CASE p.status WHEN 'dispatched' THEN p.scheduled_for
-                                                       ELSE p.next_attempt_at END) - statement_timestamp())
-        FROM payments_payment AS p CROSS JOIN expected
-        WHERE p.id = ANY(%(ids)s)
-          AND ((p.status = expected.dispatched AND p.scheduled_for > statement_timestamp())
-               OR (p.status = expected.retry_scheduled AND p.next_attempt_at > statement_timestamp()))
-    """
-
-    def begin_submissions(self, ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
-        _check_allowed(Status.DISPATCHED, Status.SUBMITTING)
-        _check_allowed(Status.RETRY_SCHEDULED, Status.SUBMITTING)
-        with transaction.atomic():
-            rows = self._fetch(self.BEGIN_SQL, {"ids": list(ids), "lease": lease, "actor": actor})
-            moved = {row[0]: row[1] for row in rows}
-            # One more round trip for the fields a charge needs, through the ORM so that
-            # sensitive fields are read the way their field classes decode them.
-            submitting = list(Payment.objects.filter(pk__in=list(moved)).only(*SUBMISSION_FIELDS))
-        not_yet_due: list[tuple[uuid.UUID, float]] = []
-        rest = [pid for pid in ids if pid not in moved]
-        if rest:
-            early = self._fetch(self.NOT_YET_DUE_SQL, {"ids": rest})
-            not_yet_due = [(row[0], float(row[1])) for row in early]
-        return SubmissionStart(submitting, not_yet_due)
-
-    OUTCOMES_SQL = """
-        WITH v AS MATERIALIZED (
-            SELECT * FROM unnest(
-                %(ids)s::uuid[], %(attempts)s::int[], %(to)s::text[], %(reasons)s::text[],
-                %(refs)s::text[], %(codes)s::text[], %(messages)s::text[], %(delays)s::float8[],
-                %(data)s::text[], %(dead_reasons)s::text[]
-            ) AS v(id, attempt, to_status, reason, ref, code, message, delay, data, dead_reason)
-        ), expected AS MATERIALIZED (
-            SELECT %(from)s::text AS status
-        ), locked AS MATERIALIZED (
-            SELECT p.id FROM payments_payment AS p JOIN v ON v.id = p.id CROSS JOIN expected
-            WHERE p.status = expected.status AND p.attempts = v.attempt
-            ORDER BY p.id
-            FOR UPDATE OF p
-        ), moved AS (
-            UPDATE payments_payment AS p
-            SET status = v.to_status, updated_at = statement_timestamp(), lease_expires_at = NULL,
-                next_attempt_at = CASE WHEN v.delay IS NULL THEN NULL
-                                       ELSE statement_timestamp() + v.delay * interval '1 second' END,
-                executed_at = CASE WHEN v.to_status = 'succeeded' THEN statement_timestamp() ELSE p.executed_at END,
-                gateway_reference = CASE WHEN v.ref <> '' THEN v.ref ELSE p.gateway_reference END,
-                failure_code = v.code, failure_message = v.message,
-                dead_letter_reason = CASE WHEN v.to_status = 'dead_lettered' THEN v.dead_reason
-                                          ELSE p.dead_letter_reason END
-            FROM v JOIN locked ON locked.id = v.id CROSS JOIN expected
-            WHERE p.id = v.id AND p.status = expected.status AND p.attempts = v.attempt
-            RETURNING p.id, p.attempts, v.to_status, v.reason, v.data
-        ), events AS (
-            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
-            SELECT id, statement_timestamp(), %(from)s, to_status, reason, %(actor)s, attempts, data::jsonb
-            FROM moved
-        )
-        SELECT id FROM moved
-    """
-
-    def record_outcomes(self, writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
-        if not writes:
-            return []
-        for write in writes:
-            _check_allowed(from_status, write.to_status)
-        params: dict[str, Any] = {
-            "ids": [w.payment_id for w in writes],
-            "attempts": [w.attempt for w in writes],
-            "to": [w.to_status for w in writes],
-            "reasons": [w.reason for w in writes],
-            "refs": [w.gateway_reference for w in writes],
-            "codes": [w.failure_code for w in writes],
-            "messages": [w.failure_message[:255] for w in writes],
-            "delays": [w.next_attempt_in.total_seconds() if w.next_attempt_in is not None else None for w in writes],
-            "data": [json.dumps(dict(w.data)) for w in writes],
-            "dead_reasons": [w.dead_letter_reason or w.reason for w in writes],
-            "from": from_status,
-            "actor": actor,
-        }
-        with transaction.atomic():
-            rows = self._fetch(self.OUTCOMES_SQL, params)
-        return [row[0] for row in rows]
-
-    POSTPONE_SQL = """
-        WITH expected AS MATERIALIZED (SELECT %(status)s::text AS status)
-        UPDATE payments_payment AS p
-        SET lease_expires_at = NULL, next_attempt_at = statement_timestamp() + %(delay)s * interval '1 second',
-            updated_at = statement_timestamp()
-        FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS v(id, attempt) CROSS JOIN expected
-        WHERE p.id = v.id AND p.attempts = v.attempt AND p.status = expected.status
-    """
-
-    def postpone(self, items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
-        if not items:
-            return 0
-        with connection.cursor() as cursor:
-            cursor.execute(
-                self.POSTPONE_SQL,
-                {
-                    "ids": [item[0] for item in items],
-                    "attempts": [item[1] for item in items],
-                    "status": status,
-                    "delay": delay.total_seconds(),
-                },
-            )
-            return int(cursor.rowcount)
-
-    RESCHEDULE_SQL = """
-        WITH expected AS MATERIALIZED (SELECT %(status)s::text AS status)
-        UPDATE payments_payment AS p
-        SET lease_expires_at = NULL, updated_at = statement_timestamp(),
-            next_attempt_at = CASE WHEN v.tried = 1
-                THEN statement_timestamp() + v.delay * interval '1 second'
-                -- a deferral never pulls the payment's own next try forward
-                ELSE GREATEST(p.next_attempt_at, statement_timestamp() + v.delay * interval '1 second') END,
-            reconcile_attempts = p.reconcile_attempts + v.tried
-        FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(delays)s::float8[], %(tried)s::int[])
-             AS v(id, attempt, delay, tried)
-             CROSS JOIN expected
-        WHERE p.id = v.id AND p.attempts = v.attempt AND p.status = expected.status
-    """
-
-    def reschedule(self, items: Sequence[Reschedule], *, status: str) -> int:
-        if not items:
-            return 0
-        with connection.cursor() as cursor:
-            cursor.execute(
-                self.RESCHEDULE_SQL,
-                {
-                    "ids": [item.payment_id for item in items],
-                    "attempts": [item.attempt for item in items],
-                    "delays": [item.delay.total_seconds() for item in items],
-                    "tried": [1 if item.count_try else 0 for item in items],
-                    "status": status,
-                },
-            )
-            return int(cursor.rowcount)
-
-    DEFER_SQL = """
-        WITH expected AS MATERIALIZED (
-            SELECT 'dispatched'::text AS dispatched, 'retry_scheduled'::text AS retry_scheduled
-        ), held AS MATERIALIZED (
-            SELECT p.id FROM payments_payment AS p CROSS JOIN expected
-            WHERE p.id = ANY(%(ids)s) AND p.status = expected.dispatched
-            ORDER BY p.id
-            FOR UPDATE OF p
-        ), moved AS (
-            UPDATE payments_payment AS p
-            SET lease_expires_at = statement_timestamp() + %(delay)s, updated_at = statement_timestamp()
-            FROM held CROSS JOIN expected WHERE p.id = held.id AND p.status = expected.dispatched
-            RETURNING p.id, p.attempts
-        ), events AS (
-            INSERT INTO payments_paymentevent (payment_id, at, from_status, to_status, reason, actor, attempt, data)
-            SELECT id, statement_timestamp(), 'dispatched', 'dispatched', %(reason)s, %(actor)s, attempts, '{}'::jsonb
-            FROM moved
-        ), waiting AS (
-            UPDATE payments_payment AS p
-            -- never earlier than the payment's own backoff (a gateway's Retry-After may be longer)
-            SET lease_expires_at = NULL,
-                next_attempt_at = GREATEST(p.next_attempt_at, statement_timestamp() + %(delay)s),
-                updated_at = statement_timestamp()
-            FROM expected
-            WHERE p.id = ANY(%(ids)s) AND p.status = expected.retry_scheduled
-            RETURNING p.id
-        )
-        SELECT id FROM moved UNION ALL SELECT id FROM waiting
-    """
-
-    def defer(self, ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
-        if not ids:
-            return []
-        _check_allowed(Status.DISPATCHED, Status.DISPATCHED)
-        with transaction.atomic():
-            rows = self._fetch(self.DEFER_SQL, {"ids": list(ids), "delay": delay, "actor": actor, "reason": reason})
-        return [row[0] for row in rows]
+def _load_queries(path: Path) -> dict[str, str]:
+    """The named statements of a ``.sql`` file: ``-- name: <name>`` then the statement, up to its ``;``."""
+    queries: dict[str, str] = {}
+    name = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("-- name: "):
+            name = line.removeprefix("-- name: ").strip()
+            queries[name] = ""
+        elif name:
+            queries[name] += line + "\n"
+    return {name: text.strip().removesuffix(";") for name, text in queries.items()}
 
 
-_Backend = _PortableBatch | _PostgresBatch
+# Every guarded batch statement, by name (tests EXPLAIN them).
+QUERIES: Mapping[str, str] = MappingProxyType(_load_queries(Path(__file__).with_name("state_machine.sql")))
 
 
-def _batch_backend() -> _Backend:
-    """The one place that branches on the database vendor."""
-    return _PostgresBatch() if connection.vendor == "postgresql" else _PortableBatch()
+def _fetch(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(QUERIES[name], params)
+        return list(cursor.fetchall())
+
+
+def _execute(name: str, params: Mapping[str, Any]) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(QUERIES[name], params)
+        return int(cursor.rowcount)
 
 
 def database_now() -> datetime:
     """The database's clock; the engine never trusts a worker's clock for due-ness."""
-    return _batch_backend().now()
+    value: datetime = _fetch_sql("SELECT statement_timestamp()", {})[0][0]
+    return value
 
 
-def sweep_leader_lock() -> AbstractContextManager[bool]:
-    """Yields True for the one sweep that may work now, False for every other (PostgreSQL advisory lock)."""
-    return _batch_backend().sweep_leader_lock()
+def _fetch_sql(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+
+
+@contextmanager
+def sweep_leader_lock() -> Iterator[bool]:
+    """Yields True for the one sweep that may work now, False for every other (PostgreSQL advisory lock).
+
+    Session-level, so it spans the sweep's several short transactions; it dies with the
+    connection if the process does. Advisory locks are per database, so test databases
+    and other environments on the same server never see each other's.
+    """
+    acquired = bool(_fetch_sql("SELECT pg_try_advisory_lock(%(key)s)", {"key": SWEEP_LOCK_KEY})[0][0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                _fetch_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": SWEEP_LOCK_KEY})
+            except DatabaseError:
+                # The connection is gone, and the lock with it.
+                logger.warning("sweep: could not release the advisory lock", exc_info=True)
 
 
 def claim_due_payments(*, lookahead: timedelta, lease: timedelta, limit: int, actor: str) -> list[Claim]:
     """scheduled → dispatched for up to ``limit`` payments due within ``lookahead``, in due order."""
-    return _batch_backend().claim_due(lookahead=lookahead, lease=lease, limit=limit, actor=actor)
+    _check(Status.SCHEDULED, Status.DISPATCHED, EventReason.DUE)
+    with transaction.atomic():
+        rows = _fetch("claim_due", {"lookahead": lookahead, "limit": limit, "lease": lease, "actor": actor})
+    return [Claim(row[0], row[1]) for row in rows]
 
 
 def redispatch_expired_payments(*, lease: timedelta, limit: int, actor: str) -> list[Claim]:
     """dispatched → dispatched (reason ``lease_expired``) for claims whose message was lost."""
-    return _batch_backend().redispatch_expired(lease=lease, limit=limit, actor=actor)
+    _check(Status.DISPATCHED, Status.DISPATCHED, EventReason.LEASE_EXPIRED)
+    with transaction.atomic():
+        rows = _fetch("redispatch_expired", {"lease": lease, "limit": limit, "actor": actor})
+    return [Claim(row[0], row[1]) for row in rows]
 
 
 def expire_submissions(*, limit: int, actor: str) -> list[uuid.UUID]:
     """submitting → reconciling for attempts whose lease expired: their outcome is unknown."""
-    return _batch_backend().expire_submissions(limit=limit, actor=actor)
+    _check(Status.SUBMITTING, Status.RECONCILING, EventReason.LEASE_EXPIRED)
+    with transaction.atomic():
+        rows = _fetch("expire_submissions", {"limit": limit, "actor": actor})
+    return [row[0] for row in rows]
 
 
 def claim_waiting_payments(*, status: str, lease: timedelta, limit: int) -> list[Claim]:
     """Lease ``retry_scheduled`` / ``reconciling`` payments whose next try is due (no status change)."""
     if status not in (Status.RETRY_SCHEDULED, Status.RECONCILING):
         raise ValueError(f"{status} payments do not wait for a next attempt")
-    return _batch_backend().claim_waiting(status=status, lease=lease, limit=limit)
+    with transaction.atomic():
+        rows = _fetch("claim_waiting", {"status": status, "lease": lease, "limit": limit})
+    return [Claim(row[0], row[1]) for row in rows]
 
 
 def release_dispatch_leases(payment_ids: Sequence[uuid.UUID]) -> int:
     """End the leases of claims (dispatched, retry or reconciliation) whose task could not be published."""
-    return _batch_backend().release_dispatch_leases(payment_ids)
+    return _execute("release_dispatch_leases", {"ids": list(payment_ids)})
 
 
 def begin_submissions(payment_ids: Sequence[uuid.UUID], *, lease: timedelta, actor: str) -> SubmissionStart:
@@ -896,24 +324,64 @@ def begin_submissions(payment_ids: Sequence[uuid.UUID], *, lease: timedelta, act
     Commits before returning: the gateway may be called for the returned
     payments from now on, and a cancel can no longer win.
     """
-    return _batch_backend().begin_submissions(payment_ids, lease=lease, actor=actor)
+    _check(Status.DISPATCHED, Status.SUBMITTING, EventReason.DUE)
+    _check(Status.RETRY_SCHEDULED, Status.SUBMITTING, EventReason.RETRY)
+    ids = list(payment_ids)
+    with transaction.atomic():
+        rows = _fetch("begin_submissions", {"ids": ids, "lease": lease, "actor": actor})
+        moved = {row[0]: row[1] for row in rows}
+        # One more round trip for the fields a charge needs, through the ORM so that
+        # sensitive fields are read the way their field classes decode them.
+        submitting = list(Payment.objects.filter(pk__in=list(moved)).only(*SUBMISSION_FIELDS))
+    not_yet_due: list[tuple[uuid.UUID, float]] = []
+    rest = [pid for pid in ids if pid not in moved]
+    if rest:
+        not_yet_due = [(row[0], float(row[1])) for row in _fetch("not_yet_due", {"ids": rest})]
+    return SubmissionStart(submitting, not_yet_due)
 
 
 def record_outcomes(writes: Sequence[OutcomeWrite], *, from_status: str, actor: str) -> list[uuid.UUID]:
     """Write each outcome if its payment is still ``from_status`` at that attempt; returns those written."""
-    return _batch_backend().record_outcomes(writes, from_status=from_status, actor=actor)
-
-
-def postpone_payments(items: Sequence[tuple[uuid.UUID, int]], *, status: str, delay: timedelta) -> int:
-    """Push the next try of payments still ``status`` at that attempt; no status change, no event."""
-    return _batch_backend().postpone(items, status=status, delay=delay)
+    if not writes:
+        return []
+    for write in writes:
+        _check(from_status, write.to_status, write.reason)
+    params: dict[str, Any] = {
+        "ids": [w.payment_id for w in writes],
+        "attempts": [w.attempt for w in writes],
+        "to": [w.to_status for w in writes],
+        "reasons": [w.reason for w in writes],
+        "refs": [w.gateway_reference for w in writes],
+        "codes": [w.failure_code for w in writes],
+        "messages": [w.failure_message[:255] for w in writes],
+        "delays": [w.next_attempt_in.total_seconds() if w.next_attempt_in is not None else None for w in writes],
+        "data": [json.dumps(dict(w.data)) for w in writes],
+        "dead_reasons": [w.dead_letter_reason or w.reason for w in writes],
+        "from": from_status,
+        "actor": actor,
+    }
+    with transaction.atomic():
+        rows = _fetch("record_outcomes", params)
+    return [row[0] for row in rows]
 
 
 def reschedule_waiting(items: Sequence[Reschedule], *, status: str) -> int:
-    """Like ``postpone_payments``, each with its own delay, optionally climbing the reconcile ladder."""
+    """Push the next try of payments still ``status`` at that attempt, each with its own delay,
+    optionally climbing the reconcile ladder; no status change, no event."""
     if status not in (Status.RETRY_SCHEDULED, Status.RECONCILING):
         raise ValueError(f"{status} payments do not wait for a next attempt")
-    return _batch_backend().reschedule(items, status=status)
+    if not items:
+        return 0
+    return _execute(
+        "reschedule_waiting",
+        {
+            "ids": [item.payment_id for item in items],
+            "attempts": [item.attempt for item in items],
+            "delays": [item.delay.total_seconds() for item in items],
+            "tried": [1 if item.count_try else 0 for item in items],
+            "status": status,
+        },
+    )
 
 
 def defer_payments(ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, reason: str) -> list[uuid.UUID]:
@@ -923,4 +391,9 @@ def defer_payments(ids: Sequence[uuid.UUID], *, delay: timedelta, actor: str, re
     with an event (``dispatched → dispatched``, ``reason``); when it expires the sweep publishes them
     again. ``retry_scheduled`` ones get ``next_attempt_at`` pushed. No attempt is used or counted.
     """
-    return _batch_backend().defer(ids, delay=delay, actor=actor, reason=reason)
+    if not ids:
+        return []
+    _check(Status.DISPATCHED, Status.DISPATCHED, reason)
+    with transaction.atomic():
+        rows = _fetch("defer", {"ids": list(ids), "delay": delay, "actor": actor, "reason": reason})
+    return [row[0] for row in rows]

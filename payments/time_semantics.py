@@ -45,7 +45,7 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
-from payments.error_codes import ErrorCode, ProblemError
+from common.error_codes import ErrorCode, ProblemError
 
 __all__ = [
     "AMBIGUOUS_POLICIES",

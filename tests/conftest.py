@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -13,7 +14,29 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.services import token_issue
+from payments.models import PaymentEvent
+from payments.statuses import is_allowed
 from tests.sandbox_process import SandboxProcess
+
+_DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
+@pytest.fixture(autouse=True)
+def _every_event_is_a_transition_of_the_table(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that used the database: each event any code wrote is a move of
+    ``statuses.TRANSITIONS`` with one of its reasons. The whole suite, engine processes
+    included, thereby checks that every transition the code performs is in the table."""
+    uses_database = request.node.get_closest_marker("django_db") or _DATABASE_FIXTURES & set(request.fixturenames)
+    if uses_database:
+        # Set up before this fixture's body ends, so torn down (rolled back, flushed) after its check.
+        request.getfixturevalue("_django_db_helper")
+    yield
+    # A test that ends inside a failed atomic block (a refusal raised with savepoint=False) can
+    # read nothing more: its writes are rolled back with the test anyway.
+    if uses_database and not connection.needs_rollback:
+        moves = PaymentEvent.objects.values_list("from_status", "to_status", "reason").distinct()
+        outside = [move for move in moves if not is_allowed(*move)]
+        assert not outside, f"events outside statuses.TRANSITIONS: {outside}"
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""Run by tests/test_embedded_default.py in a process of its own, on SQLite (the embedded default).
+"""Run by tests/test_embedded_default.py in a process of its own, on the embedded default.
 
-The suite's database is PostgreSQL; this drives the API's SQLite branches (token look-up,
-idempotency, per-user limits) the way ``make run`` serves them, and prints what it saw as JSON.
+With ``DATABASE_URL`` unset the process starts the embedded PostgreSQL itself (as every
+``manage.py`` command does); this drives the API (token look-up, idempotency, per-user
+limits) the way ``make run`` serves it, executes one payment through the sandbox gateway,
+and prints what it saw as JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import date, timedelta
+import time
+from datetime import UTC, date, datetime, timedelta
 
 import django
 
@@ -63,7 +66,30 @@ def main() -> None:
     seen["cancel"] = json.loads(client.post(f"/api/v1/payments/{first[2]['id']}/cancel").content).get("status")
     seen["bad_token"] = Client(HTTP_AUTHORIZATION="Bearer spt_wrong").get("/api/v1/payments").status_code
     seen["vendor"] = django.db.connection.vendor
+    seen["socket_dir"] = django.db.connection.get_connection_params()["host"]
+    seen["executed"] = _execute_one(create)
     json.dump(seen, sys.stdout)
+
+
+def _execute_one(create: object) -> str:
+    """A payment due in two seconds, swept and executed in this process; its public status."""
+    from payments.engine.execution import payments_execute, payments_sweep
+    from payments.models import Payment
+
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    status, _, body = create("k-due", "5.00", due.isoformat().replace("+00:00", "Z"))  # type: ignore[operator]
+    assert status == 201, body
+    payment_id = body["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if datetime.now(UTC) >= due:
+            payments_sweep()
+            payments_execute([payment_id])
+            public = Payment.objects.get(pk=payment_id).public_status
+            if public != "scheduled":
+                return str(public)
+        time.sleep(0.2)
+    return "still scheduled after 60 s"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 - ``schedule_payment(owner, **fields)``: a payment scheduled the way the API does
   (``payment_create``: encrypted fields, payee HMAC, first timeline event) from a ``PaymentDraftFactory``.
 - ``PaymentFactory``: a row written straight through the model (no event), for tests that want only the row.
+- ``advance(payment_id, to)``: move a payment through the state machine with a reason of the
+  table (``statuses.TRANSITIONS``), for tests that only need it in a state.
 
 Encrypted fields always go through the model's fields, as in production.
 """
@@ -18,8 +20,10 @@ from factory.declarations import LazyAttribute, LazyFunction, Sequence, SubFacto
 from factory.django import DjangoModelFactory
 
 from accounts.models import User
+from payments import state_machine
 from payments.models import Payment
 from payments.services import PaymentDraft, payment_create
+from payments.statuses import TRANSITIONS
 
 PAYEE_NAME = "ACME Utilities"
 PAYEE_ACCOUNT = "DE89370400440532013000"
@@ -80,3 +84,10 @@ class PaymentFactory(DjangoModelFactory[Payment]):
     scheduled_for: Any = LazyFunction(in_three_days)
     time_zone = "UTC"
     scheduled_local: Any = LazyAttribute(lambda payment: payment.scheduled_for.isoformat())
+
+
+def advance(payment_id: Any, to: str, *, actor: str = "test", changes: dict[str, Any] | None = None) -> Payment:
+    """``state_machine.transition`` with the first reason the table gives this move."""
+    current = Payment.objects.values_list("status", flat=True).get(pk=payment_id)
+    reasons = next(t.reasons for t in TRANSITIONS if (t.source, t.target) == (current, to))
+    return state_machine.transition(payment_id, to=to, actor=actor, reason=sorted(reasons)[0], changes=changes)

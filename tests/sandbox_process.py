@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 class SandboxProcess:
-    """``python -m payments.sandbox_gateway --port <free>`` with its own ledger folder and log file.
+    """``python -m sandbox_gateway --port <free>`` with its own ledger folder and log file.
 
     The port is chosen once: a restarted process (``stop()`` then ``start()``) answers at the same
     ``url``, on the same ledger, as a gateway restarted by a process manager would.
@@ -54,7 +54,7 @@ class SandboxProcess:
         env |= {"GATEWAY_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1", **self.extra_env}
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "payments.sandbox_gateway", "--port", str(self.port)],
+                [sys.executable, "-m", "sandbox_gateway", "--port", str(self.port)],
                 cwd=PROJECT_ROOT,
                 env=env,
                 stdout=log,

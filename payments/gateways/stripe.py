@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 2.0
 # At least EXECUTION_BATCH_SIZE (50): a batch goes out in one wave, so with the SDK's retries it fits
-# SUBMIT_LEASE (payments.timing checks it); 32 made two waves, and a batch could outlive its lease.
+# SUBMIT_LEASE (payments.engine.timing checks it); 32 made two waves, and a batch could outlive its lease.
 DEFAULT_CONCURRENCY: Final = 64
 # The SDK retries connection errors, 409s and 5xx itself, with the same Idempotency-Key (safe), after
 # 0.5 s then 1 s (with jitter). Two retries absorb a blip without holding a worker for long.

@@ -6,7 +6,7 @@
 - the idempotency-key purge, hourly.
 
 Self-contained on purpose (a migration must not change when app code does);
-``payments.execution.periodic_tasks_ensure`` does the same at run time
+``payments.engine.execution.periodic_tasks_ensure`` does the same at run time
 (``manage.py ensure_schedules``).
 """
 

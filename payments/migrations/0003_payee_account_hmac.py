@@ -16,7 +16,7 @@ Rows written with ``""`` by the previous release during a rolling deploy are fil
 by ``manage.py rehash_payee_accounts --missing-only``.
 
 Self-contained on purpose (a migration must not change when app code does): the
-normalisation and HMAC below are those of ``payments.crypto.payee_account_hmac``,
+normalisation and HMAC below are those of ``common.crypto.payee_account_hmac``,
 and a test keeps them equal.
 """
 
@@ -24,6 +24,7 @@ import hashlib
 import hmac
 
 from django.conf import settings
+from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models, transaction
 
 BATCH_SIZE = 500
@@ -52,26 +53,6 @@ def backfill_payee_account_hmac(apps, schema_editor, batch_size=BATCH_SIZE):
         last_pk = batch[-1].pk
 
 
-class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
-    """``CREATE INDEX CONCURRENTLY`` on PostgreSQL (needs a non-atomic migration); a plain index elsewhere."""
-
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            if schema_editor.connection.vendor == "postgresql":
-                schema_editor.add_index(model, self.index, concurrently=True)
-            else:
-                schema_editor.add_index(model, self.index)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            if schema_editor.connection.vendor == "postgresql":
-                schema_editor.remove_index(model, self.index, concurrently=True)
-            else:
-                schema_editor.remove_index(model, self.index)
-
-
 class Migration(migrations.Migration):
     atomic = False  # batches commit one by one; CREATE INDEX CONCURRENTLY cannot run in a transaction
 
@@ -86,11 +67,11 @@ class Migration(migrations.Migration):
             field=models.CharField(db_default="", default="", editable=False, max_length=64),
         ),
         migrations.RunPython(backfill_payee_account_hmac, migrations.RunPython.noop, elidable=True),
-        AddIndexConcurrentlyOnPostgres(
+        AddIndexConcurrently(
             model_name="payment",
             index=models.Index(fields=["payee_account_hmac"], name="payment_payee_account_hmac_idx"),
         ),
-        AddIndexConcurrentlyOnPostgres(
+        AddIndexConcurrently(
             model_name="payment",
             index=models.Index(
                 condition=models.Q(("status__in", ["scheduled", "dispatched"])),

@@ -10,7 +10,7 @@ once this has run (their column is gone): no payment is created, the client's re
 with the same key reaches a new process and succeeds.
 
 Self-contained on purpose (a migration must not change when app code does): the HMAC
-below is ``payments.crypto.idempotency_key_hmac``, and a test keeps them equal.
+below is ``common.crypto.idempotency_key_hmac``, and a test keeps them equal.
 """
 
 import hashlib

@@ -7,6 +7,7 @@ import pytest
 from payments import state_machine
 from payments.models import Payment, PaymentEvent
 from payments.statuses import Status
+from tests.factories import advance
 
 from .conftest import PAYMENTS_URL, assert_problem
 
@@ -46,7 +47,7 @@ def test_canceling_twice_answers_200_with_the_same_body(api, make_payment):
 def test_a_dispatched_payment_can_still_be_canceled(api, make_payment):
     # given the sweep queued the payment but no gateway submission has begun
     payment_id = make_payment()["id"]
-    state_machine.transition(payment_id, to=Status.DISPATCHED, actor="test", reason="dispatched")
+    advance(payment_id, Status.DISPATCHED)
 
     # then cancel wins
     response = cancel(api, payment_id)
@@ -67,7 +68,7 @@ def test_a_payment_whose_submission_began_is_not_cancelable(api, make_payment, p
     # given a payment moved by the engine into submission (and maybe beyond)
     payment_id = make_payment()["id"]
     for status in path:
-        state_machine.transition(payment_id, to=status, actor="test", reason=status)
+        advance(payment_id, status)
 
     # when the user cancels it
     response = cancel(api, payment_id)
@@ -111,7 +112,7 @@ def test_the_timeline_shows_every_internal_step_with_public_statuses(api, make_p
     # given a payment that was dispatched, submitted, retried and then succeeded
     payment_id = make_payment()["id"]
     for status in (Status.DISPATCHED, Status.SUBMITTING, Status.RETRY_SCHEDULED, Status.SUBMITTING, Status.SUCCEEDED):
-        state_machine.transition(payment_id, to=status, actor="test", reason=f"to_{status}")
+        advance(payment_id, status)
 
     # when the timeline is read
     results = api.get(f"{PAYMENTS_URL}/{payment_id}/events").json()["results"]
@@ -137,12 +138,12 @@ def test_the_timeline_shows_every_internal_step_with_public_statuses(api, make_p
 
 def test_a_failed_payment_shows_its_failure_and_gateway_reference(api, make_payment):
     payment_id = make_payment()["id"]
-    state_machine.transition(payment_id, to=Status.DISPATCHED, actor="test", reason="dispatched")
+    advance(payment_id, Status.DISPATCHED)
     state_machine.transition(
         payment_id,
         to=Status.SUBMITTING,
         actor="test",
-        reason="submitting",
+        reason="due",
         changes={"attempts": 1, "gateway_reference": "ch_123"},
     )
     state_machine.transition(

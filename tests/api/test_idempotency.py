@@ -20,9 +20,9 @@ from django.core.management import call_command
 from django.db import IntegrityError, connection
 
 from accounts.services import token_issue
-from payments import idempotency
-from payments.crypto import idempotency_key_hmac
-from payments.idempotency import WorkResult, idempotent_execute, request_fingerprint
+from common.crypto import idempotency_key_hmac
+from payments.api import idempotency
+from payments.api.idempotency import WorkResult, idempotent_execute, request_fingerprint
 from payments.models import IdempotencyRecord, Payment, PaymentEvent
 from payments.services import idempotency_purge_expired
 from tests.factories import PaymentFactory

@@ -10,14 +10,14 @@ import yaml
 from django.core.management import call_command
 from django.test import Client
 
-from payments.models import PaymentEvent
-from payments.serializers import (
+from payments.api.serializers import (
     CREATE_FIELDS,
     PaymentCreateSerializer,
     PaymentEventSerializer,
     PaymentSerializer,
     event_representation,
 )
+from payments.models import PaymentEvent
 
 from .conftest import PAYMENT_KEYS
 
@@ -121,8 +121,8 @@ def test_the_payment_representation_is_what_the_documented_serializer_renders(ow
     from django.utils import timezone
     from rest_framework.renderers import JSONRenderer
 
+    from payments.api.serializers import payment_representation
     from payments.models import Payment
-    from payments.serializers import payment_representation
 
     now = timezone.now()
     executed, canceled = changes.pop("executed", False), changes.pop("canceled", False)

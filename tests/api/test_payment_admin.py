@@ -6,9 +6,9 @@ import pytest
 
 from accounts.models import User
 from audit.models import AuditEvent
-from payments import state_machine
 from payments.models import Payment, PaymentEvent
 from payments.statuses import Status
+from tests.factories import advance
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +56,7 @@ def test_the_cancel_action_cancels_through_the_service_and_audits(staff_client, 
     cancelable = make_payment()["id"]
     submitting = make_payment()["id"]
     for status in (Status.DISPATCHED, Status.SUBMITTING):
-        state_machine.transition(submitting, to=status, actor="test", reason=status)
+        advance(submitting, status)
 
     # when support runs the cancel action on both
     response = staff_client.post(

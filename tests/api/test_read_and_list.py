@@ -10,8 +10,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from payments.api.pagination import encode_cursor
 from payments.models import Payment
-from payments.pagination import Cursor, encode_cursor
+from payments.selectors import Cursor
 from payments.services import PaymentDraft, payment_create
 from payments.statuses import Status
 from tests.factories import PaymentDraftFactory

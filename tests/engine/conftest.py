@@ -31,8 +31,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from config.celery import app as celery_app
-from payments import execution
-from payments.execution import periodic_tasks_ensure
+from payments.engine import execution
+from payments.engine.execution import periodic_tasks_ensure
 from payments.models import Payment
 from payments.statuses import TERMINAL_STATUSES
 from tests.factories import schedule_payment

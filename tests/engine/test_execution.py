@@ -18,8 +18,8 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from config.celery import DEAD_LETTER_EXCHANGE, build_task_queues, dead_letter_queue
 from config.celery import app as celery_app
-from payments import execution
-from payments.execution import (
+from payments.engine import execution
+from payments.engine.execution import (
     ExecutionReport,
     TransactionOpenError,
     group_claims,
@@ -31,9 +31,9 @@ from payments.execution import (
 )
 from payments.models import Payment, PaymentEvent
 from payments.state_machine import (
+    QUERIES,
     SWEEP_LOCK_KEY,
     Claim,
-    _PostgresBatch,
     begin_submissions,
     claim_due_payments,
     claim_waiting_payments,
@@ -392,7 +392,7 @@ def test_the_sweep_query_uses_the_partial_index_and_ignores_the_backlog(payer: A
                     "lease": timedelta(seconds=120),
                     "actor": "x",
                 }
-                cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _PostgresBatch.CLAIM_DUE_SQL, params)
+                cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["claim_due"], params)
                 document = cursor.fetchone()[0]
             transaction.savepoint_rollback(sid)
         data = json.loads(document) if isinstance(document, str) else document
@@ -511,7 +511,7 @@ def test_the_embedded_transport_gets_plain_queues() -> None:
 
 @pytest.mark.django_db
 def test_tasks_are_routed_by_name_and_acknowledged_late() -> None:
-    import payments.tasks  # noqa: F401 - registers the tasks, as the worker's autodiscovery does
+    import payments.engine.tasks  # noqa: F401 - registers the tasks, as the worker's autodiscovery does
 
     router = celery_app.amqp.router
     for name, queue in [
@@ -531,7 +531,8 @@ def test_tasks_are_routed_by_name_and_acknowledged_late() -> None:
 
 @pytest.mark.django_db
 def test_the_idempotency_purge_task_calls_the_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    from payments import services, tasks
+    from payments import services
+    from payments.engine import tasks
 
     monkeypatch.setattr(services, "idempotency_purge_expired", lambda: 3)
     assert tasks.idempotency_purge_task.run() == 3
@@ -591,7 +592,7 @@ def test_the_operator_commands_run_a_sweep_and_ensure_schedules(make_payment: Ma
 def test_a_reconcile_task_that_always_crashes_climbs_the_ladder_and_dead_letters_at_the_deadline(
     make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from payments.tasks import reconcile_payments_task
+    from payments.engine.tasks import reconcile_payments_task
 
     class BrokenAdapter:
         def find_charge(self, key: str) -> None:

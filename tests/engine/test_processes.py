@@ -18,7 +18,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from payments.error_codes import ErrorCode, ProblemError
+from common.error_codes import ErrorCode, ProblemError
 from payments.models import Payment, PaymentEvent
 from payments.services import payment_cancel
 from payments.statuses import Status

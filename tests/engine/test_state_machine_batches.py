@@ -1,8 +1,4 @@
-"""The state machine's batch transitions: each row guarded on its own, one event per move.
-
-Every test taking ``backend`` runs twice: with the PostgreSQL statements (one per batch) and with
-the portable per-payment path that the embedded SQLite default uses.
-"""
+"""The state machine's batch transitions: each row guarded on its own, one event per move."""
 
 from __future__ import annotations
 
@@ -38,14 +34,6 @@ LOOKAHEAD = timedelta(seconds=30)
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["postgresql", "portable"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "portable":
-        monkeypatch.setattr(state_machine, "_batch_backend", state_machine._PortableBatch)
-    param: str = request.param
-    return param
-
-
 def set_fields(payment: Payment, **fields: Any) -> Payment:
     Payment.objects.filter(pk=payment.pk).update(**fields)
     payment.refresh_from_db()
@@ -64,7 +52,7 @@ def test_the_raw_sql_names_the_models_tables() -> None:
     assert PaymentEvent._meta.db_table == "payments_paymentevent"
 
 
-def test_it_claims_payments_due_within_the_lookahead_in_due_order(backend: str, make_payment: MakePayment) -> None:
+def test_it_claims_payments_due_within_the_lookahead_in_due_order(make_payment: MakePayment) -> None:
     # given three payments due soon (out of order) and one far away
     later = make_payment(due_in=20)
     sooner = make_payment(due_in=5)
@@ -88,7 +76,7 @@ def test_it_claims_payments_due_within_the_lookahead_in_due_order(backend: str, 
     assert claim_due_payments(lookahead=LOOKAHEAD, lease=LEASE, limit=10, actor="system:sweep") == []
 
 
-def test_it_claims_at_most_the_batch_size(backend: str, make_payment: MakePayment) -> None:
+def test_it_claims_at_most_the_batch_size(make_payment: MakePayment) -> None:
     for _ in range(5):
         make_payment(due_in=1)
     assert len(claim_due_payments(lookahead=LOOKAHEAD, lease=LEASE, limit=3, actor="t")) == 3
@@ -110,9 +98,7 @@ def test_it_skips_rows_another_transaction_holds(make_payment: MakePayment) -> N
     assert [c.payment_id for c in claims] == [free.pk]
 
 
-def test_begin_moves_due_dispatched_payments_to_submitting_with_a_new_attempt(
-    backend: str, make_payment: MakePayment
-) -> None:
+def test_begin_moves_due_dispatched_payments_to_submitting_with_a_new_attempt(make_payment: MakePayment) -> None:
     due = make_payment(due_in=-1)
     canceled = make_payment(due_in=-1)
     early = make_payment(due_in=30)
@@ -143,7 +129,7 @@ def test_begin_moves_due_dispatched_payments_to_submitting_with_a_new_attempt(
     assert due.attempts == 1
 
 
-def test_begin_takes_a_due_retry_as_the_next_attempt(backend: str, make_payment: MakePayment) -> None:
+def test_begin_takes_a_due_retry_as_the_next_attempt(make_payment: MakePayment) -> None:
     payment = set_fields(
         make_payment(due_in=-60), status=Status.RETRY_SCHEDULED, attempts=1, next_attempt_at=timezone.now()
     )
@@ -152,7 +138,7 @@ def test_begin_takes_a_due_retry_as_the_next_attempt(backend: str, make_payment:
     assert events(payment)[-1] == ("retry_scheduled", "submitting", "retry", 2)
 
 
-def test_outcomes_are_fenced_by_status_and_attempt(backend: str, make_payment: MakePayment) -> None:
+def test_outcomes_are_fenced_by_status_and_attempt(make_payment: MakePayment) -> None:
     # given two payments submitting at attempt 2
     fresh = set_fields(make_payment(due_in=-1), status=Status.SUBMITTING, attempts=2)
     moved_on = set_fields(make_payment(due_in=-1), status=Status.RECONCILING, attempts=2)
@@ -185,10 +171,14 @@ def test_outcomes_are_fenced_by_status_and_attempt(backend: str, make_payment: M
     assert moved_on.status == Status.RECONCILING
 
 
-def test_a_retryable_outcome_schedules_the_next_attempt(backend: str, make_payment: MakePayment) -> None:
+def test_a_retryable_outcome_schedules_the_next_attempt(make_payment: MakePayment) -> None:
     payment = set_fields(make_payment(due_in=-1), status=Status.SUBMITTING, attempts=1)
     record_outcomes(
-        [OutcomeWrite(payment.pk, 1, Status.RETRY_SCHEDULED, "retryable", next_attempt_in=timedelta(seconds=10))],
+        [
+            OutcomeWrite(
+                payment.pk, 1, Status.RETRY_SCHEDULED, "retryable_failure", next_attempt_in=timedelta(seconds=10)
+            )
+        ],
         from_status=Status.SUBMITTING,
         actor="w",
     )
@@ -198,19 +188,15 @@ def test_a_retryable_outcome_schedules_the_next_attempt(backend: str, make_payme
     assert timedelta(seconds=5) < payment.next_attempt_at - timezone.now() <= timedelta(seconds=10)
 
 
-def test_an_illegal_transition_is_refused_before_any_write(backend: str, make_payment: MakePayment) -> None:
+def test_an_illegal_transition_is_refused_before_any_write(make_payment: MakePayment) -> None:
     payment = set_fields(make_payment(due_in=-1), status=Status.SUCCEEDED, attempts=1)
     with pytest.raises(ValueError, match="not an allowed transition"):
-        state_machine._PostgresBatch().record_outcomes(
-            [OutcomeWrite(payment.pk, 1, Status.FAILED, "x")], from_status=Status.SUCCEEDED, actor="w"
-        )
+        record_outcomes([OutcomeWrite(payment.pk, 1, Status.FAILED, "x")], from_status=Status.SUCCEEDED, actor="w")
     payment.refresh_from_db()
     assert payment.status == Status.SUCCEEDED
 
 
-def test_an_expired_submission_goes_to_reconciliation_never_back_to_dispatch(
-    backend: str, make_payment: MakePayment
-) -> None:
+def test_an_expired_submission_goes_to_reconciliation_never_back_to_dispatch(make_payment: MakePayment) -> None:
     past = timezone.now() - timedelta(seconds=1)
     expired = set_fields(make_payment(due_in=-60), status=Status.SUBMITTING, attempts=1, lease_expires_at=past)
     live = set_fields(
@@ -230,7 +216,7 @@ def test_an_expired_submission_goes_to_reconciliation_never_back_to_dispatch(
     assert live.status == Status.SUBMITTING
 
 
-def test_an_expired_dispatch_is_dispatched_again(backend: str, make_payment: MakePayment) -> None:
+def test_an_expired_dispatch_is_dispatched_again(make_payment: MakePayment) -> None:
     payment = make_payment(due_in=1)
     claim_due_payments(lookahead=LOOKAHEAD, lease=LEASE, limit=10, actor="t")
     assert redispatch_expired_payments(lease=LEASE, limit=10, actor="t") == []
@@ -247,7 +233,7 @@ def test_an_expired_dispatch_is_dispatched_again(backend: str, make_payment: Mak
     assert events(payment)[-1] == ("dispatched", "dispatched", "lease_expired", 0)
 
 
-def test_waiting_payments_are_leased_once(backend: str, make_payment: MakePayment) -> None:
+def test_waiting_payments_are_leased_once(make_payment: MakePayment) -> None:
     now = timezone.now()
     due = set_fields(make_payment(due_in=-60), status=Status.RECONCILING, attempts=1, next_attempt_at=now)
     set_fields(
@@ -335,13 +321,13 @@ def test_batch_statements_probe_the_primary_key_even_with_stale_statistics(make_
     assert {PKEY, "payment_owner_pending_idx", "payment_lease_rescue_idx"} <= indexes
 
     n = len(ids)
-    batch = state_machine._PostgresBatch
+    sql = state_machine.QUERIES
     by_id: dict[str, tuple[str, dict[str, Any]]] = {
-        "release_dispatch_leases": (batch.RELEASE_LEASES_SQL, {"ids": ids}),
-        "begin_submissions": (batch.BEGIN_SQL, {"ids": ids, "lease": LEASE, "actor": "w"}),
-        "begin_submissions (not yet due)": (batch.NOT_YET_DUE_SQL, {"ids": ids}),
+        "release_dispatch_leases": (sql["release_dispatch_leases"], {"ids": ids}),
+        "begin_submissions": (sql["begin_submissions"], {"ids": ids, "lease": LEASE, "actor": "w"}),
+        "begin_submissions (not yet due)": (sql["not_yet_due"], {"ids": ids}),
         "record_outcomes": (
-            batch.OUTCOMES_SQL,
+            sql["record_outcomes"],
             {
                 "ids": ids,
                 "attempts": [0] * n,
@@ -357,38 +343,34 @@ def test_batch_statements_probe_the_primary_key_even_with_stale_statistics(make_
                 "actor": "w",
             },
         ),
-        "postpone": (
-            batch.POSTPONE_SQL,
-            {"ids": ids, "attempts": [0] * n, "status": Status.DISPATCHED, "delay": 5.0},
-        ),
         "reschedule": (
-            batch.RESCHEDULE_SQL,
+            sql["reschedule_waiting"],
             {"ids": ids, "attempts": [0] * n, "delays": [5.0] * n, "tried": [0] * n, "status": Status.DISPATCHED},
         ),
-        "defer": (batch.DEFER_SQL, {"ids": ids, "delay": LEASE, "actor": "w", "reason": "circuit_open"}),
+        "defer": (sql["defer"], {"ids": ids, "delay": LEASE, "actor": "w", "reason": "circuit_open"}),
     }
     # The sweep's statements search by status (a partial index, on purpose), then update what they locked.
     sweeps: dict[str, tuple[str, dict[str, Any]]] = {
-        "claim_due": (batch.CLAIM_DUE_SQL, {"lookahead": LOOKAHEAD, "limit": 500, "lease": LEASE, "actor": "s"}),
-        "redispatch_expired": (batch.REDISPATCH_SQL, {"limit": 500, "lease": LEASE, "actor": "s"}),
-        "expire_submissions": (batch.EXPIRE_SUBMISSIONS_SQL, {"limit": 500, "actor": "s"}),
-        "claim_waiting": (batch.CLAIM_WAITING_SQL, {"status": Status.RETRY_SCHEDULED, "lease": LEASE, "limit": 500}),
+        "claim_due": (sql["claim_due"], {"lookahead": LOOKAHEAD, "limit": 500, "lease": LEASE, "actor": "s"}),
+        "redispatch_expired": (sql["redispatch_expired"], {"limit": 500, "lease": LEASE, "actor": "s"}),
+        "expire_submissions": (sql["expire_submissions"], {"limit": 500, "actor": "s"}),
+        "claim_waiting": (sql["claim_waiting"], {"status": Status.RETRY_SCHEDULED, "lease": LEASE, "limit": 500}),
     }
 
-    def scans(sql: str, params: dict[str, Any]) -> list[tuple[str, bool]]:
+    def scans(statement: str, params: dict[str, Any]) -> list[tuple[str, bool]]:
         with connection.cursor() as cursor:
-            cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement, params)
             document = cursor.fetchone()[0]
         data = json.loads(document) if isinstance(document, str) else document
         return payment_indexes_used(data[0]["Plan"], indexes)
 
     wrong = {}
-    for name, (sql, params) in by_id.items():
-        found = scans(sql, params)
+    for name, (statement, params) in by_id.items():
+        found = scans(statement, params)
         if not found or {index for index, _ in found} != {PKEY}:
             wrong[name] = found
-    for name, (sql, params) in sweeps.items():
-        found = scans(sql, params)
+    for name, (statement, params) in sweeps.items():
+        found = scans(statement, params)
         if "Seq Scan" in {index for index, _ in found} or {i for i, upd in found if upd} != {PKEY}:
             wrong[name] = found
 

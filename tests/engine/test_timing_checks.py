@@ -14,8 +14,8 @@ from django.core import checks
 from django.core.management.base import SystemCheckError
 
 from config.celery import _refuse_contradictory_timing
+from payments.engine.timing import LEASE_MARGIN_SECONDS, gateway_work, submit_work_seconds
 from payments.gateways.stripe import DEFAULT_CONCURRENCY as STRIPE_CONCURRENCY
-from payments.timing import LEASE_MARGIN_SECONDS, gateway_work, submit_work_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 

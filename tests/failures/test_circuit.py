@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from payments.circuit import SweepGate, circuit_admit, circuit_record, circuit_reset, circuit_sweep_gate
-from payments.execution import payments_execute, payments_reconcile, payments_sweep
+from payments.engine.circuit import SweepGate, circuit_admit, circuit_record, circuit_reset, circuit_sweep_gate
+from payments.engine.execution import payments_execute, payments_reconcile, payments_sweep
 from payments.models import GatewayCircuit, Payment, PaymentEvent
 from payments.state_machine import claim_due_payments
 from payments.statuses import Status

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from config.celery import app as celery_app
-from payments import execution
+from payments.engine import execution
 from payments.models import DeadLetter, Payment, PaymentEvent
 from payments.statuses import Status
 

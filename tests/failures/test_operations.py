@@ -22,9 +22,9 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from accounts.services import token_issue
 from audit.models import AuditEvent
+from payments.engine.retry_policy import DeadLetterReason
 from payments.models import Payment, PaymentEvent
-from payments.operations import OperationRefused, dead_letter_redrive, dead_letter_resolve
-from payments.retry_policy import DeadLetterReason
+from payments.operations.services import OperationRefused, dead_letter_redrive, dead_letter_resolve
 from payments.statuses import Status
 
 from .conftest import MakePayment

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from payments.gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
-from payments.retry_policy import (
+from payments.engine.retry_policy import (
     OUTCOME_TABLE,
     REDRIVE,
     DeadLetterReason,
@@ -28,6 +27,7 @@ from payments.retry_policy import (
     redrive_kind,
     retry_delay_seconds,
 )
+from payments.gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
 from payments.statuses import Status
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
@@ -283,14 +283,14 @@ def test_a_charge_processing_longer_than_the_method_can_take_goes_to_a_person(se
 
 
 def test_a_processing_charge_is_no_gateway_failure_for_the_circuit() -> None:
-    from payments.execution import _is_gateway_failure
+    from payments.engine.execution import _is_gateway_failure
 
     assert not _is_gateway_failure(PROCESSING_OUTCOME)
     assert _is_gateway_failure(ChargeOutcome(OutcomeKind.UNKNOWN, detail="timeout"))
 
 
 def test_an_authorisation_without_capture_is_dead_lettered_at_once_and_loudly(caplog: Any) -> None:
-    from payments.execution import outcome_write
+    from payments.engine.execution import outcome_write
     from payments.gateways.classification import classify_payment_intent
     from payments.models import Payment
 

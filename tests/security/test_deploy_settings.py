@@ -81,7 +81,7 @@ def test_production_refuses_to_start_without_a_real_search_hmac_key(hmac_key: st
 
 
 def test_check_deploy_flags_the_development_search_hmac_key() -> None:
-    from payments.crypto import development_hmac_key
+    from common.crypto import development_hmac_key
 
     secret_key = random_secret_key()
     result = check_deploy(SECRET_KEY=secret_key, FIELD_HMAC_KEY=development_hmac_key(secret_key))
@@ -91,7 +91,7 @@ def test_check_deploy_flags_the_development_search_hmac_key() -> None:
 
 
 def test_check_deploy_flags_the_development_encryption_key() -> None:
-    from payments.crypto import development_key
+    from common.crypto import development_key
 
     secret_key = random_secret_key()
     result = check_deploy(SECRET_KEY=secret_key, FIELD_ENCRYPTION_KEYS=development_key(secret_key))

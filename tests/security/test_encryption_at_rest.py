@@ -17,8 +17,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from payments import crypto
-from payments.crypto import idempotency_key_hmac
+from common import crypto
+from common.crypto import idempotency_key_hmac
 from payments.fields import SensitiveJSONField, SensitiveTextField
 from payments.models import IdempotencyRecord, Payment
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from payments.crypto import idempotency_key_hmac
+from common.crypto import idempotency_key_hmac
 from payments.models import IdempotencyRecord, Payment
 
 MIGRATION: Any = importlib.import_module("payments.migrations.0006_idempotency_key_hmac")

@@ -17,8 +17,8 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from accounts.models import User
-from payments import crypto
-from payments.crypto import idempotency_key_hmac
+from common import crypto
+from common.crypto import idempotency_key_hmac
 from payments.models import IdempotencyRecord, Payment
 
 from .conftest import IBAN, METADATA, PAYEE_NAME, PAYMENT_METHOD, PLAINTEXT_FRAGMENTS

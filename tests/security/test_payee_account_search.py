@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import Client
 
 from accounts.models import User
-from payments.crypto import normalize_account, payee_account_hmac
+from common.crypto import normalize_account, payee_account_hmac
 from payments.models import Payment
 from tests.factories import schedule_payment
 

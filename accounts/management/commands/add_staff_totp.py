@@ -12,6 +12,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import User
 from audit.services import audit_record
+from common import actors
 
 
 class Command(BaseCommand):
@@ -41,7 +42,7 @@ class Command(BaseCommand):
             existing.delete()
             device = TOTPDevice.objects.create(user=user, name=options["name"], confirmed=True)
             audit_record(
-                actor="cli:add_staff_totp",
+                actor=actors.cli("add_staff_totp"),
                 action="staff_totp.created",
                 target=device,
                 data={"user_id": user.pk, "replaced_devices": replaced},

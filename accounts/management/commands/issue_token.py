@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import User
 from accounts.services import token_issue
+from common import actors
 
 
 class Command(BaseCommand):
@@ -31,6 +32,6 @@ class Command(BaseCommand):
             user=user,
             name=options["name"],
             expires_in=timedelta(days=days) if days else None,
-            actor="cli:issue_token",
+            actor=actors.cli("issue_token"),
         )
         self.stdout.write(issued.raw)

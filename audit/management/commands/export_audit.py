@@ -10,6 +10,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import User
 from audit.models import AuditEvent
 from audit.services import audit_export, audit_record
+from common import actors
 
 
 def _instant(value: str | None, name: str) -> datetime | None:
@@ -48,7 +49,7 @@ class Command(BaseCommand):
         with transaction.atomic():
             count = audit_export(events=events.iterator(chunk_size=2000), stream=self.stdout, fmt=options["format"])
             audit_record(
-                actor=f"cli:staff:{exporter.pk}",
+                actor=actors.cli(actors.staff(exporter.pk)),
                 action="audit.exported",
                 target=exporter,
                 data={"count": count, "format": options["format"]},

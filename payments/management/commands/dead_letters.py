@@ -1,20 +1,21 @@
 """``manage.py dead_letters list|show|retry|resolve``: operators' handling of dead-lettered payments.
 
-docs/operations.md is the runbook. Every action is a service in ``payments/operations.py``:
+docs/operations.md is the runbook. Every action is a service in ``payments/operations/services.py``:
 one transaction, a ``PaymentEvent`` through the state machine and an ``AuditEvent`` naming
 ``--actor`` (default ``cli:<login name>``) and ``--reason``.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from common import actors
+from payments.engine.retry_policy import DeadLetterReason, redrive_kind
 from payments.models import DeadLetter
-from payments.operations import (
+from payments.operations.services import (
     OperationRefused,
     Resolution,
     dead_letter_detail,
@@ -22,14 +23,6 @@ from payments.operations import (
     dead_letter_resolve,
     dead_lettered_payments,
 )
-from payments.retry_policy import DeadLetterReason, redrive_kind
-
-
-def _default_actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
 
 
 class Command(BaseCommand):
@@ -50,14 +43,14 @@ class Command(BaseCommand):
         retry = commands.add_parser("retry", help="re-drive: new attempt if proven uncharged, else reconcile first")
         retry.add_argument("payment_id")
         retry.add_argument("--reason", required=True, help="why (ticket, what was fixed); goes to the audit trail")
-        retry.add_argument("--actor", default=_default_actor())
+        retry.add_argument("--actor", default=actors.cli_login())
 
         resolve = commands.add_parser("resolve", help="end it by hand after checking the gateway's records")
         resolve.add_argument("payment_id")
         resolve.add_argument("--as", dest="outcome", required=True, choices=[r.value for r in Resolution])
         resolve.add_argument("--reference", default="", help="the gateway's charge id (required for succeeded)")
         resolve.add_argument("--reason", required=True, help="what you checked; goes to the audit trail")
-        resolve.add_argument("--actor", default=_default_actor())
+        resolve.add_argument("--actor", default=actors.cli_login())
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from payments.dead_letters import DRAIN_LIMIT, dead_letters_drain
+from payments.operations.broker_dead_letters import DRAIN_LIMIT, dead_letters_drain
 
 
 class Command(BaseCommand):

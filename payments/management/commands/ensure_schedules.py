@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from payments.execution import periodic_tasks_ensure
+from payments.engine.execution import periodic_tasks_ensure
 
 
 class Command(BaseCommand):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from payments.circuit import circuit_reset
+from common import actors
+from payments.engine.circuit import circuit_reset
 from payments.models import GatewayCircuit
 
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["action"] == "close":
             name = options["gateway"] or str(settings.GATEWAY_BACKEND).strip().lower()
-            circuit_reset(name, actor=f"cli:{getpass.getuser()}")
+            circuit_reset(name, actor=actors.cli_login())
         for circuit in GatewayCircuit.objects.order_by("name"):
             row = {
                 "gateway": circuit.name,

@@ -22,7 +22,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from payments.crypto import payee_account_hmac
+from common.crypto import payee_account_hmac
 from payments.models import Payment
 
 

@@ -29,7 +29,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models, transaction
 from django.db.models.functions import Cast
 
-from payments import crypto
+from common import crypto
 from payments.fields import SensitiveJSONField, SensitiveTextField
 
 _SENSITIVE_FIELD_TYPES = (SensitiveTextField, SensitiveJSONField)

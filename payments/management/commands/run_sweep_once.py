@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from payments.execution import payments_sweep
+from payments.engine.execution import payments_sweep
 
 
 class Command(BaseCommand):

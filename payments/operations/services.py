@@ -1,6 +1,6 @@
 """Operators' services for dead-lettered payments: re-drive, resolve, inspect.
 
-Called by the operations admin (``payments/admin_operations.py``) and by
+Called by the operations admin (``payments/operations/admin.py``) and by
 ``manage.py dead_letters``. Each action is one short transaction on the locked
 row: the status change goes through ``state_machine.apply_transition`` (a
 ``PaymentEvent``) and an ``AuditEvent`` names the operator and their reason.
@@ -26,17 +26,14 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import audit_record
-
-from . import selectors
-from .gateways.classification import GATEWAY_REJECTED, GATEWAY_REJECTED_MESSAGE
-from .models import Payment, PaymentEvent
-from .retry_policy import Redrive, reconcile_deadline, redrive_kind
-from .state_machine import apply_transition, lock_payment
-from .statuses import Status
+from payments.engine.retry_policy import Redrive, reconcile_deadline, redrive_kind
+from payments.gateways.classification import GATEWAY_REJECTED, GATEWAY_REJECTED_MESSAGE
+from payments.models import Payment, PaymentEvent
+from payments.state_machine import apply_transition, database_now, lock_payment
+from payments.statuses import EventReason, Status
 
 # What the payer sees for a payment an operator resolved as failed (unless a safe code is already set).
 RESOLVED_FAILURE_CODE = "processing_failed"
@@ -102,7 +99,7 @@ def reconcile_lease_live_until(payment: Payment) -> datetime | None:
 
 
 def _first_submitted_at(payment: Payment) -> Any:
-    from .execution import first_submitted_at  # execution imports much; only needed here
+    from payments.engine.execution import first_submitted_at  # execution imports much; only needed here
 
     return first_submitted_at([payment])[payment.pk]
 
@@ -113,7 +110,7 @@ def dead_letter_redrive(*, payment_id: uuid.UUID | str, actor: str, reason: str)
     with transaction.atomic():
         payment = _locked_dead_letter(payment_id)
         route = redrive_kind(payment.dead_letter_reason)
-        now = timezone.now()
+        now = database_now()
         data: dict[str, Any] = {"route": str(route), "dead_letter_reason": payment.dead_letter_reason}
         if route == Redrive.REFUSE:
             raise OperationRefused(
@@ -148,7 +145,7 @@ def dead_letter_redrive(*, payment_id: uuid.UUID | str, actor: str, reason: str)
             payment,
             to=to,
             actor=actor,
-            reason="operator_redrive",
+            reason=EventReason.OPERATOR_REDRIVE,
             expected_from={Status.DEAD_LETTERED},
             changes=changes,
             data=data,
@@ -181,10 +178,10 @@ def dead_letter_resolve(
         raise OperationRefused("invalid_reference", "A gateway reference is at most 100 characters.")
     with transaction.atomic():
         payment = _locked_dead_letter(payment_id)
-        now = timezone.now()
+        now = database_now()
         if outcome == Resolution.FAILED:
             live_until = reconcile_lease_live_until(payment)
-            if live_until is not None and selectors.database_now() < live_until:
+            if live_until is not None and now < live_until:
                 raise OperationRefused(
                     "reconcile_lease_live",
                     f"A reconciliation of attempt {payment.attempts} may still be re-sending it until "
@@ -209,7 +206,7 @@ def dead_letter_resolve(
             payment,
             to=to,
             actor=actor,
-            reason="operator_resolved",
+            reason=EventReason.OPERATOR_RESOLVED,
             expected_from={Status.DEAD_LETTERED},
             changes=changes,
             data=data,

@@ -24,9 +24,7 @@ Why one transaction: the protected work is database-only (no gateway is ever
 called while a request is handled), so there is no outcome outside the database
 to remember before it is known. A request that dies leaves nothing behind (no
 stale claim to expire or take over), and a create costs a third of the round
-trips a separately committed claim needed. On SQLite (the embedded default)
-write transactions are serialised (``BEGIN IMMEDIATE``): a parallel duplicate
-waits for the first and then replays it.
+trips a separately committed claim needed.
 
 The key itself is never stored, nor refused for what it holds: records keep its HMAC
 under ``FIELD_HMAC_KEY`` (``crypto.idempotency_key_hmac``), looked up under the current
@@ -47,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,18 +57,18 @@ from django.http import HttpRequest, HttpResponse
 from rest_framework.renderers import JSONRenderer
 
 from accounts.models import User
+from common.crypto import idempotency_key_hmac, idempotency_key_hmacs
+from common.error_codes import ErrorCode, ProblemError
+from payments import selectors
+from payments.models import IdempotencyRecord
 
-from . import selectors
-from .crypto import idempotency_key_hmac, idempotency_key_hmacs
-from .error_codes import ErrorCode, ProblemError
-from .models import IdempotencyRecord
+from . import contract
 
 logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # 1-255 printable ASCII characters (space to tilde).
-_KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 # Each round either returns, raises, or lost the key to a parallel request (and then
 # replays it in the next); more rounds than this means churn.
 _MAX_ROUNDS = 5
@@ -119,7 +116,7 @@ def idempotency_key_from(request: HttpRequest) -> str:
             "The Idempotency-Key header is required: send a unique value (e.g. a UUID) per payment, "
             "and the same value when you retry it.",
         )
-    if not _KEY_PATTERN.fullmatch(raw):
+    if not contract.IDEMPOTENCY_KEY_PATTERN.fullmatch(raw):
         raise ProblemError(
             ErrorCode.IDEMPOTENCY_KEY_INVALID,
             400,
@@ -189,8 +186,6 @@ def idempotency_lock_id(user_id: int, key: str) -> tuple[int, int]:
 
 def _try_lock_key(user_id: int, key: str) -> bool:
     """Lock the key until the transaction ends, without waiting; False when another request holds it."""
-    if connection.vendor != "postgresql":
-        return True  # SQLite: this transaction already holds the database's only write lock
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", idempotency_lock_id(user_id, key))
         row = cursor.fetchone()

@@ -28,8 +28,8 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from payments.sandbox_gateway.faults import FaultInjector, FaultSettings, InvalidFaults
-from payments.sandbox_gateway.ledger import Charge, ChargeRequest, IdempotencyKeyReused, Ledger
+from sandbox_gateway.faults import FaultInjector, FaultSettings, InvalidFaults
+from sandbox_gateway.ledger import Charge, ChargeRequest, IdempotencyKeyReused, Ledger
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -40,7 +40,7 @@ MAX_BODY_BYTES: Final = 64 * 1024
 # How often a hanging request checks whether its client has given up.
 _HANG_POLL_SECONDS: Final = 0.1
 
-logger = logging.getLogger("payments.sandbox_gateway")
+logger = logging.getLogger("sandbox_gateway")
 
 _AMOUNT_RE: Final = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
 _CURRENCY_RE: Final = re.compile(r"[A-Z]{3}")
@@ -414,7 +414,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, str]:
-    parser = argparse.ArgumentParser(prog="python -m payments.sandbox_gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sandbox_gateway", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST") or DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=_env_int("GATEWAY_PORT", DEFAULT_PORT))
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GATEWAY_DATA_DIR") or DEFAULT_DATA_DIR))

@@ -14,23 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .error_codes import ErrorCode, ProblemError
+from common.error_codes import ErrorCode, ProblemError
+from payments.selectors import Cursor
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
+from . import contract
+
 _CURSOR_VERSION = "v1"
 _MAX_CURSOR_LENGTH = 200
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """The sort key of the last row already seen."""
-
-    scheduled_for: datetime
-    id: uuid.UUID
 
 
 def encode_cursor(cursor: Cursor) -> str:
@@ -61,9 +53,9 @@ def decode_cursor(text: str) -> Cursor:
 def parse_limit(raw: str | None) -> int:
     """``limit``: default 50; values above 200 are clamped to 200; not a positive integer → 422."""
     if raw is None or raw == "":
-        return DEFAULT_LIMIT
+        return contract.DEFAULT_LIMIT
     if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < 1:
         raise ProblemError.invalid(
-            "limit", ErrorCode.INVALID_FILTER, f"limit must be a whole number from 1 to {MAX_LIMIT}."
+            "limit", ErrorCode.INVALID_FILTER, f"limit must be a whole number from 1 to {contract.MAX_LIMIT}."
         )
-    return min(int(raw), MAX_LIMIT)
+    return min(int(raw), contract.MAX_LIMIT)

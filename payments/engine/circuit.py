@@ -1,9 +1,8 @@
 """A circuit breaker per gateway, shared by every worker process: one row in the database.
 
-Why the database: every worker and the sweep already talk to it, it works on the embedded
-default (SQLite) as on PostgreSQL, and the breaker is consulted once per *batch* (one
-primary-key read before, one short locked update after), not per call. Its clock is the
-database's (``Now()``), so workers' clocks do not matter.
+Why the database: every worker and the sweep already talk to it, and the breaker is
+consulted once per *batch* (one primary-key read before, one short locked update after),
+not per call. Its clock is the database's (``Now()``), so workers' clocks do not matter.
 
 - **closed**: calls go through. Each batch adds its calls and failures (``RETRYABLE`` and
   ``UNKNOWN`` outcomes, failed lookups: the gateway is unwell) to a fixed window of
@@ -35,12 +34,12 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from audit.services import audit_record
-
-from .models import GatewayCircuit
+from common import actors
+from payments.models import GatewayCircuit
 
 logger = logging.getLogger(__name__)
 
-CIRCUIT_ACTOR = "system:circuit"
+CIRCUIT_ACTOR = actors.system("circuit")
 # While a probe is in flight, others look again this soon (the sweep holds new work back meanwhile).
 HALF_OPEN_RECHECK = timedelta(seconds=1)
 State = GatewayCircuit.State

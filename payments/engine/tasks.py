@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that take ids and call one service each.
 
 Queues and routes are in ``config/celery.py``; the execution path and its
-guarantees in ``payments/execution.py`` and docs/execution.md.
+guarantees in ``payments/engine/execution.py`` and docs/execution.md.
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ def reconcile_payments_task(payment_ids: list[str]) -> dict[str, Any]:
 
 @shared_task(name=execution.IDEMPOTENCY_PURGE_TASK, ignore_result=True, acks_late=True)
 def idempotency_purge_task() -> int:
-    from .services import idempotency_purge_expired  # the API's service; imported when run
+    from payments.services import idempotency_purge_expired  # the API's service; imported when run
 
     return idempotency_purge_expired()
 
 
 @shared_task(name=execution.DEAD_LETTER_DRAIN_TASK, ignore_result=True, acks_late=True)
 def drain_dead_letters_task() -> int:
-    from .dead_letters import dead_letters_drain
+    from payments.operations.broker_dead_letters import dead_letters_drain
 
     return dead_letters_drain()

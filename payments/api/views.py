@@ -19,10 +19,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from common import actors
+from common.error_codes import ErrorCode, ProblemError
 from config.problems import PROBLEM_CONTENT_TYPE
+from payments import selectors, services
+from payments.selectors import Cursor
+from payments.statuses import PublicStatus
 
-from . import selectors, services
-from .error_codes import ErrorCode, ProblemError
+from . import contract
 from .idempotency import (
     IDEMPOTENCY_HEADER,
     REPLAYED_HEADER,
@@ -31,7 +35,7 @@ from .idempotency import (
     idempotent_execute,
     request_fingerprint,
 )
-from .pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, encode_cursor
+from .pagination import encode_cursor
 from .serializers import (
     PaymentCreateSerializer,
     PaymentEventListSerializer,
@@ -45,7 +49,6 @@ from .serializers import (
     reject_card_data,
     validate_payment_create,
 )
-from .statuses import PublicStatus
 
 # --- OpenAPI description -------------------------------------------------------
 
@@ -102,7 +105,7 @@ _IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     required=True,
-    pattern=r"^[ -~]{1,255}$",  # what idempotency.idempotency_key_from accepts (found missing by fuzzing)
+    pattern=f"^{contract.IDEMPOTENCY_KEY_REGEX}$",  # what the key is checked against (found missing by fuzzing)
     description=(
         "1-255 printable ASCII characters, unique per payment (a UUID is ideal); send the same key when retrying. "
         "Keys are scoped to your user and kept for at least 24 hours. The same key with the same body replays the "
@@ -146,7 +149,7 @@ _LIST_PARAMETERS = [
         "limit",
         {"type": "integer", "minimum": 1},  # 0 or less is 422 invalid_filter
         OpenApiParameter.QUERY,
-        description=f"Page size, default {DEFAULT_LIMIT}; larger values are reduced to {MAX_LIMIT}.",
+        description=f"Page size, default {contract.DEFAULT_LIMIT}; larger values are reduced to {contract.MAX_LIMIT}.",
     ),
     OpenApiParameter(
         "cursor", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Opaque; taken from a previous page's `next`."
@@ -179,7 +182,7 @@ def _owner(request: Request) -> User:
 
 
 def _actor(user: User) -> str:
-    return f"user:{user.pk}"
+    return actors.user(user.pk)
 
 
 class PaymentCollectionView(APIView):
@@ -244,7 +247,7 @@ class PaymentCollectionView(APIView):
 
         def work(now: datetime) -> WorkResult:
             draft = validate_payment_create(body, now=now)
-            payment = services.payment_create(owner=owner, data=draft, actor=_actor(owner))
+            payment = services.payment_create(owner=owner, data=draft, actor=_actor(owner), now=now)
             location = request.build_absolute_uri(reverse("payment-detail", args=[payment.pk]))
             return WorkResult(201, payment_representation(payment), {"Location": location}, payment)
 

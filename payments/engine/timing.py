@@ -59,7 +59,7 @@ def gateway_work(backend: str | None = None) -> GatewayWork:
     timeout = float(settings.GATEWAY_TIMEOUT_SECONDS)
     override = getattr(settings, "GATEWAY_MAX_CONCURRENCY", None)
     if name == "stripe":
-        from .gateways import stripe as adapter
+        from payments.gateways import stripe as adapter
 
         retries = adapter.DEFAULT_MAX_NETWORK_RETRIES
         # stripe.HTTPClient sleeps min(INITIAL_DELAY * 2**(n-1), MAX_DELAY) before retry n (jitter only shortens it).
@@ -69,7 +69,7 @@ def gateway_work(backend: str | None = None) -> GatewayWork:
         backoff = sum(min(initial * 2 ** (n - 1), cap) for n in range(1, retries + 1))
         connect, tries, concurrency = adapter.DEFAULT_CONNECT_TIMEOUT_SECONDS, 1 + retries, adapter.DEFAULT_CONCURRENCY
     else:
-        from .gateways import sandbox as sandbox_adapter
+        from payments.gateways import sandbox as sandbox_adapter
 
         connect, tries, backoff = sandbox_adapter.DEFAULT_CONNECT_TIMEOUT_SECONDS, 1, 0.0
         concurrency = sandbox_adapter.DEFAULT_CONCURRENCY

@@ -27,9 +27,9 @@ from typing import Any, Final
 
 from django.conf import settings
 
-from .gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
-from .gateways.classification import decline_outcome
-from .statuses import Status
+from payments.gateways.base import ChargeOutcome, ChargeRecord, OutcomeKind
+from payments.gateways.classification import decline_outcome
+from payments.statuses import EventReason, Status
 
 
 class Phase(enum.StrEnum):
@@ -60,13 +60,13 @@ SUCCEEDED, DECLINED, RETRYABLE, UNKNOWN = (
     OutcomeKind.RETRYABLE,
     OutcomeKind.UNKNOWN,
 )
-_CHARGED = Rule(Status.SUCCEEDED, "charged")
-_DECLINED = Rule(Status.FAILED, "declined")
+_CHARGED = Rule(Status.SUCCEEDED, EventReason.CHARGED)
+_DECLINED = Rule(Status.FAILED, EventReason.DECLINED)
 # Our request was refused (invalid for the gateway, credentials, permissions): nothing was charged, and it
 # is not the payer's fault. Failing it would tell the payer to start over for our mistake; a dead letter
 # lets an operator fix the configuration and re-drive it with a new attempt.
-_REJECTED = Rule(Status.DEAD_LETTERED, "gateway_rejected", DeadLetterReason.GATEWAY_REJECTED)
-_OPERATOR = Rule(Status.DEAD_LETTERED, "needs_operator", DeadLetterReason.NEEDS_OPERATOR)
+_REJECTED = Rule(Status.DEAD_LETTERED, EventReason.GATEWAY_REJECTED, DeadLetterReason.GATEWAY_REJECTED)
+_OPERATOR = Rule(Status.DEAD_LETTERED, EventReason.NEEDS_OPERATOR, DeadLetterReason.NEEDS_OPERATOR)
 
 # (phase, kind, needs_operator) → what happens next. RETRY_SCHEDULED and RECONCILING rows are further
 # bounded by ``decide`` (retry budget and age; key retention), which may turn them into dead letters.
@@ -75,9 +75,11 @@ OUTCOME_TABLE: Final[Mapping[tuple[Phase, OutcomeKind, bool], Rule]] = {
     (_S, SUCCEEDED, True): _CHARGED,  # money moved: that is the outcome, whatever else needs a look
     (_S, DECLINED, False): _DECLINED,
     (_S, DECLINED, True): _REJECTED,
-    (_S, RETRYABLE, False): Rule(Status.RETRY_SCHEDULED, "retryable_failure"),  # proven uncharged: new key later
+    (_S, RETRYABLE, False): Rule(
+        Status.RETRY_SCHEDULED, EventReason.RETRYABLE_FAILURE
+    ),  # proven uncharged: new key later
     (_S, RETRYABLE, True): _OPERATOR,
-    (_S, UNKNOWN, False): Rule(Status.RECONCILING, "outcome_unknown"),  # may have charged: same key only
+    (_S, UNKNOWN, False): Rule(Status.RECONCILING, EventReason.OUTCOME_UNKNOWN),  # may have charged: same key only
     (_S, UNKNOWN, True): _OPERATOR,  # may have charged *and* a person must look; re-drive reconciles first
     (_R, SUCCEEDED, False): _CHARGED,
     (_R, SUCCEEDED, True): _CHARGED,
@@ -348,7 +350,7 @@ def processing_decision(*, started_at: datetime, now: datetime, data: Mapping[st
     delay = timedelta(seconds=float(settings.GATEWAY_PROCESSING_POLL_SECONDS))
     return Decision(
         Status.RECONCILING,
-        "outcome_unknown",
+        EventReason.OUTCOME_UNKNOWN,
         next_attempt_in=delay,
         data={**(data or {}), PROCESSING: True, "next_try_in_seconds": delay.total_seconds()},
     )
@@ -378,7 +380,7 @@ def record_decision(
             data=data,
         )
     if record.status == "succeeded":
-        return Decision(Status.SUCCEEDED, "charge_found", gateway_reference=record.reference, data=data)
+        return Decision(Status.SUCCEEDED, EventReason.CHARGE_FOUND, gateway_reference=record.reference, data=data)
     if record.status == PROCESSING:
         current = now or datetime.now(tz=UTC)
         return processing_decision(started_at=started_at or current, now=current, data=data)
@@ -386,7 +388,7 @@ def record_decision(
     safe = decline_outcome(record.failure_code, reference=record.reference)
     return Decision(
         Status.FAILED,
-        "decline_found",
+        EventReason.DECLINE_FOUND,
         gateway_reference=record.reference,
         failure_code=safe.failure_code,
         failure_message=safe.failure_message,

@@ -28,14 +28,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 
-from .card_data import find_card_data, mask_card_numbers
-from .currencies import CURRENCY_EXPONENTS, to_minor_units
-from .error_codes import ErrorCode, FieldError, ProblemError
-from .models import Payment, PaymentEvent
-from .pagination import Cursor, decode_cursor, parse_limit
-from .services import PaymentDraft
-from .statuses import INTERNAL_STATUSES, PublicStatus, public_status
-from .time_semantics import (
+from common.card_data import find_card_data, mask_card_numbers
+from common.error_codes import ErrorCode, FieldError, ProblemError
+from payments.currencies import CURRENCY_EXPONENTS, to_minor_units
+from payments.models import Payment, PaymentEvent
+from payments.selectors import Cursor
+from payments.services import PaymentDraft
+from payments.statuses import INTERNAL_STATUSES, PublicStatus, public_status
+from payments.time_semantics import (
     AMBIGUOUS_POLICIES,
     NONEXISTENT_POLICIES,
     check_window,
@@ -43,6 +43,9 @@ from .time_semantics import (
     format_local,
     resolve_schedule,
 )
+
+from . import contract
+from .pagination import decode_cursor, parse_limit
 
 # --- Responses ---------------------------------------------------------------
 
@@ -221,9 +224,11 @@ class ProblemSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class PayeeCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    name = serializers.CharField(min_length=1, max_length=140)
+    name = serializers.CharField(min_length=1, max_length=contract.MAX_PAYEE_NAME)
     account = serializers.CharField(
-        min_length=1, max_length=64, help_text="Account identifier (e.g. an IBAN); only its last 4 are ever shown."
+        min_length=1,
+        max_length=contract.MAX_PAYEE_ACCOUNT,
+        help_text="Account identifier (e.g. an IBAN); only its last 4 are ever shown.",
     )
 
 
@@ -236,10 +241,12 @@ class PaymentCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     )
     currency = serializers.ChoiceField(choices=sorted(CURRENCY_EXPONENTS))
     payment_method = serializers.RegexField(
-        r"^pm_[A-Za-z0-9_]{3,100}$", help_text="A gateway payment-method token; never card data."
+        f"^{contract.PAYMENT_METHOD_REGEX}$", help_text="A gateway payment-method token; never card data."
     )
     payee = PayeeCreateSerializer()
-    description = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=140)
+    description = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, max_length=contract.MAX_DESCRIPTION
+    )
     scheduled_for = serializers.CharField(
         help_text="ISO 8601 / RFC 3339. With Z or an offset: an instant. Without: wall time in time_zone."
     )
@@ -251,10 +258,11 @@ class PaymentCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     on_ambiguous_time = serializers.ChoiceField(choices=list(AMBIGUOUS_POLICIES), default="earlier", allow_null=True)
     metadata = serializers.DictField(
         # allow_blank: "" is a valid value (the contract limits only the length; found by fuzzing).
-        child=serializers.CharField(max_length=500, allow_blank=True),
+        child=serializers.CharField(max_length=contract.MAX_METADATA_VALUE, allow_blank=True),
         required=False,
         allow_null=True,
-        help_text="Flat object of at most 20 string values (keys up to 40 characters, values up to 500).",
+        help_text=f"Flat object of at most {contract.MAX_METADATA_KEYS} string values (keys up to "
+        f"{contract.MAX_METADATA_KEY} characters, values up to {contract.MAX_METADATA_VALUE}).",
     )
 
 
@@ -275,15 +283,8 @@ CREATE_FIELDS = (
 PAYEE_FIELDS = ("name", "account")
 
 _AMOUNT = re.compile(r"(?P<whole>[0-9]{1,20})(?:\.(?P<fraction>[0-9]{1,20}))?")
-PAYMENT_METHOD_PATTERN = re.compile(r"pm_[A-Za-z0-9_]{3,100}")
 _MAX_BODY_DEPTH = 16
 _LINE_BREAKS = frozenset("\t\n\r")
-MAX_PAYEE_NAME = 140
-MAX_PAYEE_ACCOUNT = 64
-MAX_DESCRIPTION = 140
-MAX_METADATA_KEYS = 20
-MAX_METADATA_KEY = 40
-MAX_METADATA_VALUE = 500
 
 
 def parse_json_object(request: Request) -> dict[str, Any]:
@@ -424,7 +425,7 @@ def _validate_amount(value: object, currency: str | None, out: _Collector) -> in
 def _validate_payment_method(value: object, out: _Collector) -> str | None:
     if value is None:
         out.add("payment_method", ErrorCode.INVALID_PAYMENT_METHOD, "payment_method is required.")
-    elif not isinstance(value, str) or not PAYMENT_METHOD_PATTERN.fullmatch(value):
+    elif not isinstance(value, str) or not contract.PAYMENT_METHOD_PATTERN.fullmatch(value):
         out.add(
             "payment_method",
             ErrorCode.INVALID_PAYMENT_METHOD,
@@ -447,7 +448,7 @@ def _validate_payee(value: object, out: _Collector) -> tuple[str, str] | None:
     for name in value:
         if name not in PAYEE_FIELDS:
             out.add(f"payee.{_field_name(name)}", code, "Unknown payee field; payee has only name and account.")
-    limits = {"name": MAX_PAYEE_NAME, "account": MAX_PAYEE_ACCOUNT}
+    limits = {"name": contract.MAX_PAYEE_NAME, "account": contract.MAX_PAYEE_ACCOUNT}
     texts: dict[str, str] = {}
     for part, limit in limits.items():
         text = value.get(part)
@@ -468,11 +469,11 @@ def _validate_payee(value: object, out: _Collector) -> tuple[str, str] | None:
 def _validate_description(value: object, out: _Collector) -> str:
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
+    if not isinstance(value, str) or len(value) > contract.MAX_DESCRIPTION:
         out.add(
             "description",
             ErrorCode.INVALID_DESCRIPTION,
-            f"description must be a string of at most {MAX_DESCRIPTION} characters.",
+            f"description must be a string of at most {contract.MAX_DESCRIPTION} characters.",
         )
     elif problem := _text_problem(value, allow_line_breaks=True):
         out.add("description", ErrorCode.INVALID_DESCRIPTION, f"description {problem}.")
@@ -486,16 +487,18 @@ def _validate_metadata(value: object, out: _Collector) -> dict[str, str]:
     if not isinstance(value, dict):
         out.add("metadata", code, "metadata must be a flat JSON object of string values.")
         return {}
-    if len(value) > MAX_METADATA_KEYS:
-        out.add("metadata", code, f"metadata may have at most {MAX_METADATA_KEYS} keys.")
+    if len(value) > contract.MAX_METADATA_KEYS:
+        out.add("metadata", code, f"metadata may have at most {contract.MAX_METADATA_KEYS} keys.")
         return {}
     result: dict[str, str] = {}
     for key, item in value.items():
         where = f"metadata.{_field_name(key)}"
-        if not key or len(key) > MAX_METADATA_KEY or _text_problem(key):
-            out.add(where, code, f"metadata keys must be 1-{MAX_METADATA_KEY} printable characters.")
-        elif not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
-            out.add(where, code, f"metadata values must be strings of at most {MAX_METADATA_VALUE} characters.")
+        if not key or len(key) > contract.MAX_METADATA_KEY or _text_problem(key):
+            out.add(where, code, f"metadata keys must be 1-{contract.MAX_METADATA_KEY} printable characters.")
+        elif not isinstance(item, str) or len(item) > contract.MAX_METADATA_VALUE:
+            out.add(
+                where, code, f"metadata values must be strings of at most {contract.MAX_METADATA_VALUE} characters."
+            )
         elif problem := _text_problem(item, allow_line_breaks=True):
             out.add(where, code, f"metadata values {problem}.")
         else:

@@ -16,7 +16,7 @@ The flow (docs/execution.md has the diagram and the reasoning):
    by the gateway's idempotency-key retention.
 
 What each outcome leads to (retry with backoff, reconcile, fail, dead-letter) is
-one table in ``payments.retry_policy``; back-pressure is ``payments.circuit``.
+one table in ``payments.engine.retry_policy``; back-pressure is ``payments.engine.circuit``.
 Every status change goes through ``payments.state_machine``.
 """
 
@@ -39,30 +39,11 @@ from django.db import connection
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .circuit import (
-    Admission,
-    SweepGate,
-    circuit_abandon_probe,
-    circuit_admit,
-    circuit_record,
-    circuit_sweep_gate,
-)
-from .currencies import format_minor_units
-from .gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, OutcomeKind
-from .models import Payment, PaymentEvent
-from .retry_policy import (
-    PROCESSING,
-    DeadLetterReason,
-    Decision,
-    Phase,
-    RetryBudget,
-    decide,
-    inconclusive,
-    reconcile_deadline,
-    reconcile_decision,
-    record_decision,
-)
-from .state_machine import (
+from common import actors
+from payments.currencies import format_minor_units
+from payments.gateways.base import ChargeOutcome, ChargeRecord, ChargeRequest, GatewayLookupError, OutcomeKind
+from payments.models import Payment, PaymentEvent
+from payments.state_machine import (
     SUBMISSION_FIELDS,
     Claim,
     OutcomeWrite,
@@ -78,27 +59,48 @@ from .state_machine import (
     reschedule_waiting,
     sweep_leader_lock,
 )
-from .statuses import Status
+from payments.statuses import EventReason, Status
+
+from .circuit import (
+    Admission,
+    SweepGate,
+    circuit_abandon_probe,
+    circuit_admit,
+    circuit_record,
+    circuit_sweep_gate,
+)
+from .retry_policy import (
+    PROCESSING,
+    DeadLetterReason,
+    Decision,
+    Phase,
+    RetryBudget,
+    decide,
+    inconclusive,
+    reconcile_deadline,
+    reconcile_decision,
+    record_decision,
+)
 from .timing import gateway_work, reconcile_lookup_budget_seconds
 
 if TYPE_CHECKING:
-    from .gateways.base import Gateway
+    from payments.gateways.base import Gateway
 
 logger = logging.getLogger(__name__)
 
-SWEEP_ACTOR = "system:sweep"
-WORKER_ACTOR = "system:worker"
-RECONCILER_ACTOR = "system:reconciler"
+SWEEP_ACTOR = actors.system("sweep")
+WORKER_ACTOR = actors.system("worker")
+RECONCILER_ACTOR = actors.system("reconciler")
 # The event reason of a payment held back (still dispatched) while the gateway's circuit is open.
-DEFERRED = "gateway_unavailable"
+DEFERRED = EventReason.GATEWAY_UNAVAILABLE
 
 # How many claim batches one sweep run may take: bounds a tick's work after a backlog.
 SWEEP_MAX_BATCHES = 20
 # Payments due within this window of the first one in a task share the task (and its ETA, the
 # last due instant): at most this much lateness is traded for fewer, fuller execution tasks.
 EXECUTION_GROUP_WINDOW = timedelta(milliseconds=200)
-# Retries, reconciliation ladder and what each outcome leads to: ``payments.retry_policy`` (settings
-# RETRY_*, RECONCILE_LADDER_SECONDS, GATEWAY_IDEMPOTENCY_RETENTION_HOURS). Back-pressure: ``payments.circuit``.
+# Retries, reconciliation ladder and what each outcome leads to: ``payments.engine.retry_policy`` (settings
+# RETRY_*, RECONCILE_LADDER_SECONDS, GATEWAY_IDEMPOTENCY_RETENTION_HOURS). Back-pressure: ``payments.engine.circuit``.
 # Deferred payments come back within this much after the circuit's next probe time, spread out.
 DEFER_JITTER_SECONDS = 1.0
 
@@ -117,7 +119,7 @@ def _assert_outside_transaction() -> None:
 def _gateway() -> Gateway:
     # This process's adapter: built on first use in each process (prefork children never share
     # a parent's sockets), with keep-alive connections pooled inside.
-    from .gateways import get_gateway
+    from payments.gateways import get_gateway
 
     return get_gateway()
 

@@ -1,8 +1,8 @@
 """The operations admin: dead-lettered payments (re-drive, resolve), dead messages, the gateway circuit.
 
 Registered from ``PaymentsConfig.ready()``; kept apart from ``payments/admin.py`` (support's
-view of payments). Actions call the services in ``payments/operations.py`` and
-``payments/circuit.py``; nothing here edits a row directly. They are gated on the
+view of payments). Actions call the services in ``payments/operations/services.py`` and
+``payments/engine/circuit.py``; nothing here edits a row directly. They are gated on the
 ``payments.operate_deadletteredpayment`` permission (the ``operations`` group, migration
 0004); viewing needs the models' ``view`` permissions. No payee or payment-method data is
 shown. docs/operations.md is the runbook.
@@ -19,16 +19,18 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from .circuit import circuit_reset
-from .models import DeadLetter, DeadLetteredPayment, GatewayCircuit, Payment, PaymentEvent
-from .operations import OperationRefused, Resolution, dead_letter_redrive, dead_letter_resolve
-from .retry_policy import redrive_kind
+from common import actors
+from payments.engine.circuit import circuit_reset
+from payments.engine.retry_policy import redrive_kind
+from payments.models import DeadLetter, DeadLetteredPayment, GatewayCircuit, Payment, PaymentEvent
+
+from .services import OperationRefused, Resolution, dead_letter_redrive, dead_letter_resolve
 
 OPERATE_PERMISSION = "payments.operate_deadletteredpayment"
 
 
 def _actor(request: HttpRequest) -> str:
-    return f"staff:{request.user.pk}"
+    return actors.staff(request.user.pk)
 
 
 class OperatorActionForm(forms.Form):

@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from .models import DeadLetter
+from payments.models import DeadLetter
 
 logger = logging.getLogger(__name__)
 

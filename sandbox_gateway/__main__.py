@@ -1,0 +1,5 @@
+"""``python -m sandbox_gateway`` entry point."""
+
+from sandbox_gateway.server import main
+
+raise SystemExit(main())
