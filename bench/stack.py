@@ -36,7 +36,8 @@ logger = logging.getLogger("bench")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
-WORKER_QUEUES = "sweep,execution,housekeeping"
+# One worker takes every queue here (the Procfile runs recovery apart; the bench measures the due path).
+WORKER_QUEUES = "sweep,execution,recovery,housekeeping"
 # Variables the harness sets for every process; inherited values of these are dropped.
 _OWNED_PREFIXES = ("DATABASE_URL", "CELERY_", "GATEWAY_", "DJANGO_SETTINGS_MODULE", "SENTRY_", "BENCH_", "REDIS_URL")
 
